@@ -1,0 +1,422 @@
+"""``AsyncClient``: status, waiting, submitting, and the session that carries them."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import json
+import os
+from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import aiofiles
+import aiohttp
+import attrs
+
+from ._config import (
+    DEFAULT_DOWNLOAD,
+    DEFAULT_RETRY,
+    DownloadPolicy,
+    PollPolicy,
+    RetryPolicy,
+    resolve_api_key,
+    resolve_base_url,
+)
+from ._exceptions import (
+    ConfigurationError,
+    JobFailedError,
+    MalformedResponseError,
+    SiliconFlowError,
+    WaitTimeoutError,
+)
+from ._http import APITransport, is_safe_to_resubmit, with_retries
+from ._models import Status, VideoStatus, parse_status
+from ._pacing import GovernorStats, RateGovernor
+from ._poller import Poller, StatusListener
+
+if TYPE_CHECKING:
+    from ._batch import Naming, Outcome, ProgressCallback
+
+__all__ = ["AsyncClient", "WaitResult"]
+
+ImageInput = str | bytes | os.PathLike[str]
+
+
+@attrs.frozen
+class WaitResult:
+    """How waiting for one job ended: its terminal status, or the error that ended it
+    (``JobFailedError``, ``WaitTimeoutError``, an ``APIStatusError``...)."""
+
+    request_id: str
+    status: VideoStatus | None
+    error: SiliconFlowError | None
+
+    @property
+    def ok(self) -> bool:
+        """True when the job succeeded."""
+        return self.error is None
+
+
+def _check_request_id(request_id: object) -> str:
+    if not isinstance(request_id, str):
+        raise TypeError(f"request_id must be a str, got {type(request_id).__name__}")
+    if not request_id.strip():
+        raise ConfigurationError("request_id must be a non-empty string")
+    return request_id
+
+
+def _sniff_image_type(data: bytes) -> str:
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    raise ConfigurationError("image bytes are not a PNG, JPEG, WebP or GIF image")
+
+
+async def _image_field(image: ImageInput) -> str:
+    """A URL or data URI as SiliconFlow takes it, from a URL, a path or raw bytes."""
+    if isinstance(image, str) and image.startswith(("http://", "https://", "data:")):
+        return image
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        data = bytes(image)
+    else:
+        path = Path(image)
+        try:
+            async with aiofiles.open(path, "rb") as f:
+                data = await f.read()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot read image {str(path)!r}: {exc.strerror or exc}"
+            ) from exc
+    encoded = base64.b64encode(data).decode("ascii")
+    return f"data:{_sniff_image_type(data)};base64,{encoded}"
+
+
+class AsyncClient:
+    """An asyncio client for SiliconFlow's video API.
+
+    ::
+
+        async with AsyncClient() as client:
+            request_id = await client.submit(model="Wan-AI/Wan2.2-T2V-A14B", prompt="...")
+            status = await client.wait(request_id)
+
+    The key comes from ``api_key`` or ``SILICONFLOW_API_KEY``; the base URL from
+    ``base_url``, ``SILICONFLOW_BASE_URL``, or ``https://api.siliconflow.cn/v1``.
+
+    One client polls any number of jobs through one connection pool, with at most
+    ``max_concurrent_requests`` API requests in flight, and adapts its request rate to the
+    account's rate limit. A ``session`` passed in is used for API calls and is not closed by
+    the client; video downloads always use a separate session that never sees the key.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        max_concurrent_requests: int = 16,
+        poll_interval: float = 1.0,
+        max_poll_interval: float = 10.0,
+        timeout: float = 60.0,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        max_concurrent_downloads: int = 4,
+        download: DownloadPolicy = DEFAULT_DOWNLOAD,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self._api_key = resolve_api_key(api_key)
+        self.base_url = resolve_base_url(base_url)
+        if max_concurrent_requests < 1:
+            raise ConfigurationError("max_concurrent_requests must be >= 1")
+        if max_concurrent_downloads < 1:
+            raise ConfigurationError("max_concurrent_downloads must be >= 1")
+        if not timeout > 0:
+            raise ConfigurationError("timeout must be > 0")
+        self.poll_policy = PollPolicy(interval=poll_interval, max_interval=max_poll_interval)
+        self.retry_policy = retry
+        self.download_policy = download
+        self.max_concurrent_requests = max_concurrent_requests
+        self.max_concurrent_downloads = max_concurrent_downloads
+        self._timeout = timeout
+        self._session = session
+        self._owns_session = session is None
+        self._download_session: aiohttp.ClientSession | None = None
+        self._governor = RateGovernor()
+        self._transport: APITransport | None = None
+        self._poller = Poller(
+            self._status_once,
+            policy=self.poll_policy,
+            retry=retry,
+            max_in_flight=max_concurrent_requests,
+        )
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<AsyncClient base_url={self.base_url!r}>"
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop polling and close the sessions this client created."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._poller.aclose()
+        if self._download_session is not None:
+            await self._download_session.close()
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+
+    @property
+    def rate_stats(self) -> GovernorStats:
+        """The adaptive rate now in force (None: no limit) and the request and 429 counts."""
+        return self._governor.stats()
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _api(self) -> APITransport:
+        if self._closed:
+            raise SiliconFlowError("the AsyncClient is closed")
+        if self._transport is None:
+            if self._session is None:
+                self._session = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(
+                        limit=self.max_concurrent_requests, ttl_dns_cache=300
+                    ),
+                    raise_for_status=False,
+                )
+            self._transport = APITransport(
+                self._session,
+                self.base_url,
+                self._api_key,
+                timeout=self._timeout,
+                max_concurrent_requests=self.max_concurrent_requests,
+                governor=self._governor,
+            )
+        return self._transport
+
+    def _videos(self) -> aiohttp.ClientSession:
+        """The video-host session: its own pool, no Authorization, no decompression (the
+        bytes on disk must be the bytes served, and their length the announced one)."""
+        if self._closed:
+            raise SiliconFlowError("the AsyncClient is closed")
+        if self._download_session is None:
+            self._download_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_concurrent_downloads * 2),
+                auto_decompress=False,
+                raise_for_status=False,
+            )
+        return self._download_session
+
+    async def _status_once(self, request_id: str) -> VideoStatus:
+        body = await self._api().post(
+            "/video/status", {"requestId": request_id}, request_id=request_id
+        )
+        return parse_status(body, request_id)
+
+    # -- status --------------------------------------------------------------------------
+
+    async def get_status(self, request_id: str) -> VideoStatus:
+        """The job's status now. Transient failures are retried within the retry policy;
+        400/401/402/403/404 raise at once."""
+        request_id = _check_request_id(request_id)
+        return await with_retries(self.retry_policy, lambda: self._status_once(request_id))
+
+    async def wait(self, request_id: str, *, timeout: float | None = None) -> VideoStatus:
+        """Poll until the job is done and return its ``Succeed`` status.
+
+        Raises ``JobFailedError`` (with ``.reason``) when the job failed, and
+        ``WaitTimeoutError`` (a ``TimeoutError``) when ``timeout`` seconds pass first.
+        Transient API failures only delay the next poll. Cancelling is clean.
+        """
+        request_id = _check_request_id(request_id)
+        status = await self._wait(request_id, timeout=timeout, listener=None)
+        if status.status is Status.FAILED:
+            raise JobFailedError(request_id, status.reason)
+        return status
+
+    async def _wait(
+        self, request_id: str, *, timeout: float | None, listener: StatusListener | None
+    ) -> VideoStatus:
+        self._api()
+        future = self._poller.watch(request_id, listener)
+        try:
+            done, _ = await asyncio.wait((future,), timeout=timeout)
+            if not done:
+                last = self._poller.last_status(request_id)
+                raise WaitTimeoutError(
+                    request_id, timeout or 0.0, last.status.value if last else None
+                )
+            return future.result()
+        finally:
+            future.cancel()  # a no-op once done; otherwise stops polling for this waiter
+
+    def as_completed(
+        self, request_ids: Iterable[str], *, timeout: float | None = None
+    ) -> AsyncIterator[WaitResult]:
+        """Yield one ``WaitResult`` per id, in the order the jobs finish.
+
+        Like ``asyncio.as_completed``, but each result names its id and carries either the
+        status or the error: one job's failure never stops the others. After ``timeout``
+        seconds the jobs still running come out with a ``WaitTimeoutError``. Leaving the
+        loop early stops polling for the rest.
+        """
+        ids = [_check_request_id(rid) for rid in request_ids]
+        return self._completions(ids, timeout=timeout, listener=None)
+
+    async def _completions(
+        self,
+        ids: list[str],
+        *,
+        timeout: float | None,
+        listener: Callable[[str], StatusListener | None] | None,
+    ) -> AsyncIterator[WaitResult]:
+        self._api()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        finished: asyncio.Queue[WaitResult] = asyncio.Queue()
+        pending: dict[asyncio.Future[VideoStatus], str] = {}
+
+        def on_done(rid: str, future: asyncio.Future[VideoStatus]) -> None:
+            if not future.cancelled():
+                finished.put_nowait(_result(rid, future))
+
+        for rid in ids:
+            future = self._poller.watch(rid, listener(rid) if listener else None)
+            pending[future] = rid
+            future.add_done_callback(functools.partial(on_done, rid))
+        try:
+            for _ in ids:
+                remaining = None if deadline is None else max(0.0, deadline - loop.time())
+                try:
+                    result = await asyncio.wait_for(finished.get(), remaining)
+                except TimeoutError:
+                    break
+                yield result
+            else:
+                return
+            # The deadline passed: every job still running times out, in the order given.
+            for future, rid in pending.items():
+                if not future.done():
+                    last = self._poller.last_status(rid)
+                    future.cancel()
+                    yield WaitResult(
+                        rid,
+                        last,
+                        WaitTimeoutError(rid, timeout or 0.0, last.status.value if last else None),
+                    )
+            while not finished.empty():
+                yield finished.get_nowait()
+        finally:
+            for future in pending:
+                future.cancel()
+
+    # -- submit ----------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        *,
+        model: str,
+        prompt: str,
+        image_size: str = "1280x720",
+        negative_prompt: str | None = None,
+        image: ImageInput | None = None,
+        seed: int | None = None,
+    ) -> str:
+        """Start a generation job and return its requestId.
+
+        ``image`` (for image-to-video models) may be a URL, a path or raw bytes; paths and
+        bytes are sent as a data URI. Only answers that prove the job was not created (429,
+        503, no connection) are retried: a second submit could pay for a second video.
+        """
+        if not model or not isinstance(model, str):
+            raise ConfigurationError("model must be a non-empty string")
+        if not prompt or not isinstance(prompt, str):
+            raise ConfigurationError("prompt must be a non-empty string")
+        payload: dict[str, Any] = {"model": model, "prompt": prompt, "image_size": image_size}
+        if negative_prompt is not None:
+            payload["negative_prompt"] = negative_prompt
+        if image is not None:
+            payload["image"] = await _image_field(image)
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise ConfigurationError("seed must be an integer")
+            payload["seed"] = seed
+
+        async def once() -> str:
+            body = await self._api().post("/video/submit", payload, request_id=None)
+            return _request_id_from(body)
+
+        return await with_retries(self.retry_policy, once, retry_if=is_safe_to_resubmit)
+
+    # -- download ---------------------------------------------------------------------------
+
+    async def wait_and_download(
+        self,
+        request_ids: Iterable[str],
+        dest: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        max_concurrent_downloads: int | None = None,
+        progress: ProgressCallback | None = None,
+        naming: Naming | None = None,
+    ) -> list[Outcome]:
+        """Wait for every job and download every video into ``dest``; see
+        :func:`siliconflow_video.wait_and_download`."""
+        from ._batch import run_batch
+
+        return await run_batch(
+            self,
+            request_ids,
+            Path(dest),
+            timeout=timeout,
+            max_concurrent_downloads=max_concurrent_downloads or self.max_concurrent_downloads,
+            progress=progress,
+            naming=naming,
+        )
+
+
+def _result(request_id: str, future: asyncio.Future[VideoStatus]) -> WaitResult:
+    error = future.exception()
+    if error is not None:
+        if not isinstance(error, SiliconFlowError):
+            error = SiliconFlowError(
+                f"unexpected {type(error).__name__}: {error}", request_id=request_id
+            )
+        return WaitResult(request_id, None, error)
+    status = future.result()
+    if status.status is Status.FAILED:
+        return WaitResult(request_id, status, JobFailedError(request_id, status.reason))
+    return WaitResult(request_id, status, None)
+
+
+def _request_id_from(body: bytes) -> str:
+    excerpt = body[:120].decode("utf-8", "replace")
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise MalformedResponseError(
+            "submit body is not JSON", field="$", excerpt=excerpt
+        ) from None
+    request_id = data.get("requestId") if isinstance(data, dict) else None
+    if not isinstance(request_id, str) or not request_id:
+        raise MalformedResponseError(
+            "submit body has no requestId", field="$.requestId", excerpt=excerpt
+        )
+    return request_id

@@ -1,0 +1,127 @@
+"""Settings: environment variables and the frozen policy objects.
+
+Policies are small value objects with module-level defaults; change one field for one call
+with ``attrs.evolve(policy, field=value)``.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+import attrs
+
+from ._exceptions import ConfigurationError
+
+API_KEY_ENV = "SILICONFLOW_API_KEY"
+BASE_URL_ENV = "SILICONFLOW_BASE_URL"
+DEFAULT_BASE_URL = "https://api.siliconflow.cn/v1"
+
+
+def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ConfigurationError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise ConfigurationError(f"{attribute.name} must be >= 1, got {value!r}")
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How one API request is retried on transient failures (429, 5xx, resets, timeouts,
+    malformed 200 bodies): exponential backoff with full jitter, at most ``max_attempts``
+    tries, honouring ``Retry-After`` when the server sends one."""
+
+    max_attempts: int = attrs.field(default=4, validator=_at_least_one)
+    base_delay: float = attrs.field(default=0.5, validator=_positive)
+    max_delay: float = attrs.field(default=20.0, validator=_positive)
+    #: Longest ``Retry-After`` that is honoured; a longer one fails the request instead of
+    #: sleeping for hours.
+    max_retry_after: float = attrs.field(default=120.0, validator=_positive)
+
+
+@attrs.frozen
+class PollPolicy:
+    """How ``wait`` spaces its status calls: from ``interval`` growing by ``growth`` per
+    call up to ``max_interval``, each spread by +/- ``jitter`` (a fraction)."""
+
+    interval: float = attrs.field(default=1.0, validator=_positive)
+    max_interval: float = attrs.field(default=10.0, validator=_positive)
+    growth: float = attrs.field(default=1.5)
+    jitter: float = attrs.field(default=0.2)
+
+    @growth.validator
+    def _check_growth(self, _: attrs.Attribute[float], value: float) -> None:
+        if value < 1.0:
+            raise ConfigurationError(f"growth must be >= 1.0, got {value!r}")
+
+    @jitter.validator
+    def _check_jitter(self, _: attrs.Attribute[float], value: float) -> None:
+        if not 0.0 <= value < 1.0:
+            raise ConfigurationError(f"jitter must be in [0, 1), got {value!r}")
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_interval < self.interval:
+            raise ConfigurationError(
+                f"max_poll_interval ({self.max_interval}) must be >= "
+                f"poll_interval ({self.interval})"
+            )
+
+
+@attrs.frozen
+class DownloadPolicy:
+    """How one video is brought to disk."""
+
+    #: Bytes asked of the socket at a time.
+    chunk_size: int = attrs.field(default=256 * 1024, validator=_at_least_one)
+    #: Bytes gathered in memory before one write to disk (one thread hop per write).
+    write_buffer: int = attrs.field(default=4 * 1024 * 1024, validator=_at_least_one)
+    #: Tries per video for 5xx, resets, timeouts and short bodies (each resumes).
+    max_attempts: int = attrs.field(default=8, validator=_at_least_one)
+    base_delay: float = attrs.field(default=0.5, validator=_positive)
+    max_delay: float = attrs.field(default=20.0, validator=_positive)
+    connect_timeout: float = attrs.field(default=30.0, validator=_positive)
+    #: Longest silence from the video host while reading the body.
+    read_timeout: float = attrs.field(default=60.0, validator=_positive)
+    #: How many times an expired URL is exchanged for a fresh one per video.
+    max_url_refreshes: int = attrs.field(default=3)
+    #: fsync each file before its rename, so it survives a power cut, not only a crash.
+    fsync: bool = False
+
+
+DEFAULT_RETRY = RetryPolicy()
+DEFAULT_POLL = PollPolicy()
+DEFAULT_DOWNLOAD = DownloadPolicy()
+
+
+def resolve_api_key(api_key: str | None) -> str:
+    """The key given, else ``SILICONFLOW_API_KEY``; a clear error when there is none."""
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+    key = (key or "").strip()
+    if not key:
+        raise ConfigurationError(
+            f"no API key: set the {API_KEY_ENV} environment variable "
+            "or pass api_key=... to AsyncClient"
+        )
+    if any(ch in key for ch in "\r\n\x00") or not key.isprintable():
+        # Never echo the key itself: it is a secret even when it is malformed.
+        raise ConfigurationError(
+            f"the API key (from api_key=... or {API_KEY_ENV}) contains "
+            "control characters; copy it again from the SiliconFlow console"
+        )
+    return key
+
+
+def resolve_base_url(base_url: str | None) -> str:
+    """The URL given, else ``SILICONFLOW_BASE_URL``, else the mainland default."""
+    url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+    url = url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(
+            f"base URL must be an http(s) URL such as {DEFAULT_BASE_URL!r}, got {url!r} "
+            f"(from base_url=... or {BASE_URL_ENV})"
+        )
+    return url

@@ -1,0 +1,230 @@
+"""One request to the SiliconFlow API: auth, pacing, the concurrency cap, typed errors, and
+the one retry path (``backoff``, exponential with full jitter, honouring ``Retry-After``)."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from datetime import UTC
+from typing import Any, TypeVar
+
+import aiohttp
+import backoff
+
+from ._config import RetryPolicy
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    MalformedResponseError,
+    OverloadedError,
+    RateLimitError,
+    ServerError,
+    error_for_status,
+)
+from ._logging import logger
+from ._pacing import RateGovernor
+
+T = TypeVar("T")
+
+TRACE_HEADER = "x-siliconcloud-trace-id"
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP-date), or
+    None when it is absent or unreadable. Never negative."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        current = now if now is not None else time.time()
+        seconds = when.timestamp() - current
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _error_text(body: bytes) -> tuple[str, int | None]:
+    """SiliconFlow's message and numeric code from an error body, which may be a JSON object
+    ``{code, message, data}``, a bare JSON string, or a gateway's text/HTML page."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        text = " ".join(body[:200].decode("utf-8", "replace").split())
+        return (text or "(empty body)"), None
+    if isinstance(data, str):
+        return data, None
+    if isinstance(data, dict):
+        code = data.get("code")
+        message = data.get("message") or data.get("data") or json.dumps(data)[:200]
+        return str(message), (code if type(code) is int else None)
+    return json.dumps(data)[:200], None
+
+
+def status_error(
+    status: int, headers: Mapping[str, str], body: bytes, *, request_id: str | None
+) -> APIStatusError:
+    """The typed error for an HTTP error answer."""
+    message, code = _error_text(body)
+    return error_for_status(status)(
+        message,
+        status_code=status,
+        code=code,
+        trace_id=headers.get(TRACE_HEADER),
+        retry_after=parse_retry_after(headers.get("Retry-After")),
+        request_id=request_id,
+    )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth asking again: 408/429/5xx, connection trouble, timeouts, malformed 200s."""
+    if isinstance(exc, (APIConnectionError, MalformedResponseError, RateLimitError, ServerError)):
+        return True
+    return isinstance(exc, APIStatusError) and exc.status_code == 408
+
+
+def is_safe_to_resubmit(exc: BaseException) -> bool:
+    """Submitting is not idempotent: a retry after a request that may have reached the model
+    could pay for a second video. Only answers that say "not done" are retried."""
+    if isinstance(exc, (RateLimitError, OverloadedError)):
+        return True
+    return isinstance(exc, APIConnectionError) and not exc.maybe_processed
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Full-jitter exponential backoff for the ``attempt``-th retry (1-based)."""
+    return random.uniform(0.0, min(cap, base * 2.0 ** (attempt - 1)))
+
+
+def _retry_waits(policy: RetryPolicy) -> Generator[float, BaseException | None, None]:
+    """A ``backoff`` wait generator: it receives each exception, so a ``Retry-After`` from
+    the server wins over the jittered exponential delay (never shortened by jitter)."""
+    exc = yield 0.0  # primed by backoff with None
+    attempt = 0
+    while True:
+        attempt += 1
+        delay = backoff_delay(attempt, policy.base_delay, policy.max_delay)
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, policy.max_retry_after))
+        exc = yield delay
+
+
+def with_retries(
+    policy: RetryPolicy,
+    call: Callable[[], Awaitable[T]],
+    *,
+    retry_if: Callable[[BaseException], bool] = is_transient,
+) -> Awaitable[T]:
+    """Run ``call`` with the policy's retries. The one retry path of the package's API calls."""
+
+    def log_retry(details: Any) -> None:
+        exc = details.get("exception")
+        logger.debug(
+            "retrying after %s (try %d of %d, waiting %.2fs)",
+            exc,
+            details["tries"],
+            policy.max_attempts,
+            details["wait"],
+        )
+
+    retrying = backoff.on_exception(
+        lambda: _retry_waits(policy),
+        APIError,
+        max_tries=policy.max_attempts,
+        giveup=lambda exc: not retry_if(exc),
+        jitter=None,  # the jitter is in _retry_waits, where it cannot shorten a Retry-After
+        on_backoff=log_retry,
+    )(call)
+    return retrying()
+
+
+class APITransport:
+    """Sends requests to the API over one session, under one concurrency cap and one
+    rate governor. Holds the key; never shows it."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float,
+        max_concurrent_requests: int,
+        governor: RateGovernor,
+    ) -> None:
+        self._session = session
+        self._base_url = base_url
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 15.0))
+        self._slots = asyncio.Semaphore(max_concurrent_requests)
+        self.governor = governor
+        self.in_flight = 0
+
+    def __repr__(self) -> str:
+        return f"<APITransport {self._base_url}>"
+
+    async def post(self, path: str, payload: Mapping[str, Any], *, request_id: str | None) -> bytes:
+        """One POST; the body of a 2xx answer, or a typed error. No retry here."""
+        url = self._base_url + path
+        data = json.dumps(payload, separators=(",", ":")).encode()
+        await self.governor.acquire()
+        async with self._slots:
+            self.in_flight += 1
+            started = time.monotonic()
+            try:
+                status, headers, body = await self._send(url, data)
+            except TimeoutError:
+                raise APITimeoutError(
+                    f"no answer from {url} within {self._timeout.total:g} s",
+                    request_id=request_id,
+                ) from None
+            except aiohttp.ClientConnectorError as exc:
+                err = APIConnectionError(
+                    f"cannot connect to {self._base_url}: {exc.os_error or exc}",
+                    request_id=request_id,
+                )
+                err.maybe_processed = False
+                raise err from None
+            except aiohttp.ClientError as exc:
+                raise APIConnectionError(
+                    f"connection to {self._base_url} broke: {type(exc).__name__}: {exc}",
+                    request_id=request_id,
+                ) from None
+            finally:
+                self.in_flight -= 1
+        logger.debug(
+            "POST %s %s -> %d in %.3fs", path, request_id or "", status, time.monotonic() - started
+        )
+        if status == 429:
+            error = status_error(status, headers, body, request_id=request_id)
+            self.governor.on_rate_limited(error.retry_after)
+            raise error
+        self.governor.on_accepted()
+        if status >= 400:
+            raise status_error(status, headers, body, request_id=request_id)
+        return body
+
+    async def _send(self, url: str, data: bytes) -> tuple[int, Mapping[str, str], bytes]:
+        async with self._session.post(
+            url, data=data, headers=self._headers, timeout=self._timeout
+        ) as resp:
+            return resp.status, resp.headers, await resp.read()

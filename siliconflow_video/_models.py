@@ -1,0 +1,207 @@
+"""What ``/video/status`` answers, as frozen attrs classes, and the one converter that
+builds them.
+
+The converter is the package's own (never cattrs' global one) and strict about leaf types:
+a ``url`` that is a number or a ``seed`` that is a string is a malformed body, not something
+to coerce. Unknown keys are ignored, as older answers carried extra ones like ``position``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any
+
+import attrs
+import cattrs
+import cattrs.gen
+import cattrs.v
+
+from ._exceptions import MalformedResponseError
+
+__all__ = ["Status", "Timings", "Video", "VideoResults", "VideoStatus", "parse_status"]
+
+
+class Status(enum.StrEnum):
+    """A job's state. Members compare equal to the API's strings (``Status.SUCCEED ==
+    "Succeed"``)."""
+
+    IN_QUEUE = "InQueue"
+    IN_PROGRESS = "InProgress"
+    SUCCEED = "Succeed"
+    FAILED = "Failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the job will not change any more."""
+        return self is Status.SUCCEED or self is Status.FAILED
+
+
+@attrs.frozen
+class Video:
+    """One generated video. ``url`` is valid for one hour."""
+
+    url: str
+
+
+@attrs.frozen
+class Timings:
+    """How long generation took, in seconds."""
+
+    inference: float | None = None
+
+
+@attrs.frozen
+class VideoResults:
+    """What a job produced. ``videos`` is empty while the job runs."""
+
+    videos: tuple[Video, ...] = ()
+    timings: Timings | None = None
+    seed: int | None = None
+
+
+@attrs.frozen
+class VideoStatus:
+    """One answer of ``/video/status`` for one requestId."""
+
+    request_id: str
+    status: Status
+    reason: str | None = None
+    results: VideoResults | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the job has succeeded or failed."""
+        return self.status.is_terminal
+
+    @property
+    def urls(self) -> list[str]:
+        """The video URLs, in the API's order (empty unless the job succeeded)."""
+        return [v.url for v in self.results.videos] if self.results else []
+
+
+def _strict(kind: type[Any], name: str) -> Any:
+    # cattrs' default str/int/float hooks call str()/int()/float() on anything; a status
+    # body with a number for a URL must be reported, not coerced.
+    def hook(value: Any, _: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise TypeError(f"expected {name}, got {type(value).__name__}")
+        return value
+
+    return hook
+
+
+def _float(value: Any, _: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _status(value: Any, _: Any) -> Status:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a status string, got {type(value).__name__}")
+    try:
+        return Status(value)
+    except ValueError:
+        raise ValueError(f"unknown status {value!r}") from None
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=False)
+    conv.register_structure_hook(str, _strict(str, "a string"))
+    conv.register_structure_hook(int, _strict(int, "an integer"))
+    conv.register_structure_hook(float, _float)
+    conv.register_structure_hook(Status, _status)
+
+    def objects_only(cl: type[Any]) -> Any:
+        # A list or a string where the API documents an object is malformed, not "empty".
+        inner = cattrs.gen.make_dict_structure_fn(cl, conv)
+
+        def hook(value: Any, kind: Any) -> Any:
+            if not isinstance(value, dict):
+                raise TypeError(f"expected an object, got {type(value).__name__}")
+            return inner(value, kind)
+
+        return hook
+
+    conv.register_structure_hook_factory(attrs.has, objects_only)
+
+    videos_hook = conv.get_structure_hook(tuple[Video, ...])
+
+    def videos(value: Any, kind: Any) -> tuple[Video, ...]:
+        if value is None:  # seen as null while a job runs
+            return ()
+        if not isinstance(value, list):
+            raise TypeError(f"expected a list, got {type(value).__name__}")
+        return videos_hook(value, kind)  # type: ignore[no-any-return]
+
+    conv.register_structure_hook_func(lambda t: t == tuple[Video, ...], videos)
+    return conv
+
+
+converter = _make_converter()
+
+
+def _excerpt(body: bytes) -> str:
+    return body[:120].decode("utf-8", "replace")
+
+
+def _describe(exc: BaseException, kind: type[Any] | None) -> str:
+    if isinstance(exc, (TypeError, ValueError)) and str(exc):
+        return str(exc)  # our own hooks say precisely what was wrong
+    return cattrs.v.format_exception(exc, kind)
+
+
+def _first_field(exc: Exception) -> tuple[str, str]:
+    """The path and message of the first leaf error in a cattrs error group."""
+    if isinstance(exc, cattrs.BaseValidationError):
+        for message in cattrs.transform_error(exc, path="$", format_exception=_describe):
+            problem, _, where = message.rpartition(" @ ")
+            return (where or "$"), (problem or message)
+    return "$", str(exc)
+
+
+def parse_status(body: bytes, request_id: str) -> VideoStatus:
+    """Build a VideoStatus from a 200 body, or raise MalformedResponseError naming the
+    bad field. Any bytes at all give one of the two."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise MalformedResponseError(
+            "status body is not JSON", field="$", excerpt=_excerpt(body), request_id=request_id
+        ) from None
+    if not isinstance(data, dict):
+        raise MalformedResponseError(
+            f"status body is a JSON {type(data).__name__}, not an object",
+            field="$",
+            excerpt=_excerpt(body),
+            request_id=request_id,
+        )
+    if "status" not in data:
+        raise MalformedResponseError(
+            "status body has no status",
+            field="$.status",
+            excerpt=_excerpt(body),
+            request_id=request_id,
+        )
+    data["request_id"] = request_id
+    try:
+        status = converter.structure(data, VideoStatus)
+    except Exception as exc:  # noqa: BLE001 - any structuring failure is a malformed body
+        field, problem = _first_field(exc)
+        raise MalformedResponseError(
+            f"unexpected status body: {problem}",
+            field=field,
+            excerpt=_excerpt(body),
+            request_id=request_id,
+        ) from None
+    if status.status is Status.SUCCEED and not status.urls:
+        # A paid job that "succeeded" with nothing to fetch is an answer to ask again,
+        # never a success with zero files.
+        raise MalformedResponseError(
+            "job succeeded but the body lists no video URL",
+            field="$.results.videos",
+            excerpt=_excerpt(body),
+            request_id=request_id,
+        )
+    return status

@@ -1,0 +1,127 @@
+"""One request-rate governor per client, shared by every API call it makes.
+
+SiliconFlow limits requests per account and per model, and its 429s carry no
+``Retry-After``. Backing off each job on its own is not enough: hundreds of waits would keep
+knocking together. So the client as a whole keeps one rate:
+
+- No limit at first: with no rate limit in force, polls go out as soon as they are due.
+- On a 429, the rate drops to a little under what the server has just been accepting (the
+  successes seen in the last ``window``), at most once per window so a burst of 429s from
+  requests already in flight counts once.
+- Without 429s it creeps back up (a few percent a second), and fast once none has been
+  seen for ``recovery`` seconds; well above demand, the limit is lifted entirely.
+- A ``Retry-After`` pauses every request until it has passed.
+
+This is AIMD, as TCP does it, but with the decrease anchored to the measured acceptance rate
+rather than a blind halving, so the client settles just under the server's limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+
+import attrs
+
+
+@attrs.frozen
+class GovernorStats:
+    """A snapshot of the governor, for logs, benchmarks and tests."""
+
+    rate: float | None
+    requests: int
+    rate_limited: int
+
+
+class RateGovernor:
+    """Spaces the starts of API requests; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        window: float = 1.0,
+        headroom: float = 0.92,
+        creep: float = 0.03,
+        recovery: float = 10.0,
+        min_rate: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._window = window
+        self._headroom = headroom
+        self._creep = creep
+        self._recovery = recovery
+        self._min_rate = min_rate
+        self._clock = clock
+        self._rate: float | None = None
+        self._next_slot = 0.0
+        self._paused_until = 0.0
+        self._accepted: deque[float] = deque()
+        self._last_decrease = float("-inf")
+        self._last_limited = float("-inf")
+        self._last_adjust = clock()
+        self._requests = 0
+        self._rate_limited = 0
+
+    @property
+    def rate(self) -> float | None:
+        """Requests per second now allowed, or None when there is no limit."""
+        return self._rate
+
+    def stats(self) -> GovernorStats:
+        return GovernorStats(self._rate, self._requests, self._rate_limited)
+
+    def delay(self) -> float:
+        """Reserve the next start slot; the seconds to wait before using it."""
+        now = self._clock()
+        self._requests += 1
+        start = max(now, self._paused_until)
+        if self._rate is not None:
+            start = max(start, self._next_slot)
+            self._next_slot = start + 1.0 / self._rate
+        return start - now
+
+    async def acquire(self) -> None:
+        """Wait for this request's turn."""
+        wait = self.delay()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    def _accepted_rate(self, now: float) -> float:
+        horizon = now - self._window
+        accepted = self._accepted
+        while accepted and accepted[0] < horizon:
+            accepted.popleft()
+        return len(accepted) / self._window
+
+    def on_accepted(self) -> None:
+        """A request got an answer that was not a 429."""
+        now = self._clock()
+        self._accepted.append(now)
+        if self._rate is None:
+            return
+        elapsed, self._last_adjust = now - self._last_adjust, now
+        quiet = now - self._last_limited
+        growth = self._creep if quiet < self._recovery else 0.5
+        self._rate += self._rate * growth * elapsed
+        if quiet >= self._recovery and self._rate > 2 * self._accepted_rate(now) + 1:
+            self._rate = None  # far above what we use: the limit no longer binds
+
+    def on_rate_limited(self, retry_after: float | None = None) -> None:
+        """A request got a 429."""
+        now = self._clock()
+        self._rate_limited += 1
+        self._last_limited = now
+        if retry_after is not None and retry_after > 0:
+            self._paused_until = max(self._paused_until, now + retry_after)
+        if now - self._last_decrease < self._window:
+            return  # 429s of requests already in flight: this episode is counted
+        self._last_decrease = now
+        accepted = self._accepted_rate(now)
+        target = accepted * self._headroom if accepted > 0 else (self._rate or 2.0) / 2
+        if self._rate is not None:
+            target = min(target, self._rate * self._headroom)
+        self._rate = max(self._min_rate, target)
+        self._last_adjust = now
+        self._next_slot = max(self._next_slot, now + 1.0 / self._rate)

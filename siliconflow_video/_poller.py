@@ -1,0 +1,210 @@
+"""One scheduler polls every job a client waits for.
+
+Waiting for ten thousand jobs must cost little, so there is no task or timer per job: each
+job is a small record in a heap ordered by when it is next due, and one loop dispatches due
+polls (at most ``max_in_flight`` at once, most overdue first). Waiters hold a future; any
+number of waiters share one job's polls.
+
+Per job, polls are spaced from ``interval`` growing by ``growth`` up to ``max_interval``,
+each jittered so that jobs started together drift apart. A transient failure (429, 5xx,
+reset, malformed body) only delays that job's next poll, by at least the exponential backoff
+of its failure streak (and any ``Retry-After``); a permanent one (400, 401, 403, 404) ends
+its waiters at once with the typed error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import random
+from collections.abc import Awaitable, Callable
+
+from ._config import PollPolicy, RetryPolicy
+from ._exceptions import APIError, SiliconFlowError
+from ._http import backoff_delay, is_transient
+from ._logging import logger
+from ._models import VideoStatus
+
+StatusListener = Callable[[VideoStatus], None]
+
+
+class _Job:
+    __slots__ = ("active", "due", "failures", "interval", "last", "request_id", "waiters")
+
+    def __init__(self, request_id: str, interval: float) -> None:
+        self.request_id = request_id
+        self.interval = interval
+        self.due = 0.0
+        self.failures = 0
+        self.active = True
+        self.last: VideoStatus | None = None
+        self.waiters: list[tuple[asyncio.Future[VideoStatus], StatusListener | None]] = []
+
+
+class Poller:
+    """See the module docstring. Bound to the event loop it is first used in."""
+
+    def __init__(
+        self,
+        fetch: Callable[[str], Awaitable[VideoStatus]],
+        *,
+        policy: PollPolicy,
+        retry: RetryPolicy,
+        max_in_flight: int,
+    ) -> None:
+        self._fetch = fetch
+        self._policy = policy
+        self._retry = retry
+        self._jobs: dict[str, _Job] = {}
+        self._heap: list[tuple[float, int, _Job]] = []
+        self._order = itertools.count()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._wake = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._polls: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @property
+    def watched(self) -> int:
+        """How many jobs are being polled now."""
+        return len(self._jobs)
+
+    def last_status(self, request_id: str) -> VideoStatus | None:
+        job = self._jobs.get(request_id)
+        return job.last if job else None
+
+    def watch(
+        self, request_id: str, listener: StatusListener | None = None
+    ) -> asyncio.Future[VideoStatus]:
+        """A future for the job's terminal status (or its permanent error). Cancel the
+        future to stop waiting; the job is dropped once nobody waits for it."""
+        if self._closed:
+            raise SiliconFlowError("the AsyncClient is closed", request_id=request_id)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[VideoStatus] = loop.create_future()
+        job = self._jobs.get(request_id)
+        if job is None:
+            job = self._jobs[request_id] = _Job(request_id, self._policy.interval)
+            self._schedule(job, loop.time())
+        elif listener is not None and job.last is not None:
+            listener(job.last)
+        job.waiters.append((future, listener))
+        future.add_done_callback(lambda f: self._forget(job, f))
+        if self._runner is None:
+            self._runner = loop.create_task(self._run(), name="siliconflow-video poller")
+        return future
+
+    def _forget(self, job: _Job, future: asyncio.Future[VideoStatus]) -> None:
+        job.waiters = [w for w in job.waiters if w[0] is not future]
+        if not job.waiters and job.active:
+            job.active = False
+            if self._jobs.get(job.request_id) is job:
+                del self._jobs[job.request_id]
+
+    def _schedule(self, job: _Job, due: float) -> None:
+        job.due = due
+        if not self._heap or due < self._heap[0][0]:
+            self._wake.set()
+        heapq.heappush(self._heap, (due, next(self._order), job))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        heap = self._heap
+        while True:
+            # Drop entries of jobs nobody waits for, and stale entries of rescheduled jobs.
+            while heap and (not heap[0][2].active or heap[0][0] != heap[0][2].due):
+                heapq.heappop(heap)
+            self._wake.clear()
+            if not heap:
+                await self._wake.wait()
+                continue
+            delay = heap[0][0] - loop.time()
+            if delay > 0:
+                timer = loop.call_later(delay, self._wake.set)
+                try:
+                    await self._wake.wait()
+                finally:
+                    timer.cancel()
+                continue
+            job = heapq.heappop(heap)[2]
+            job.due = float("inf")  # in flight: not due again until rescheduled
+            await self._slots.acquire()
+            if not job.active:
+                self._slots.release()
+                continue
+            task = loop.create_task(self._poll(job))
+            self._polls.add(task)
+            task.add_done_callback(self._polls.discard)
+
+    async def _poll(self, job: _Job) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            status = await self._fetch(job.request_id)
+        except APIError as exc:
+            if not is_transient(exc):
+                self._finish(job, error=exc)
+                return
+            job.failures += 1
+            delay = max(
+                job.interval,
+                backoff_delay(job.failures, self._retry.base_delay, self._retry.max_delay),
+            )
+            retry_after = getattr(exc, "retry_after", None)
+            if retry_after is not None:
+                delay = max(delay, min(retry_after, self._retry.max_retry_after))
+            logger.debug("status of %s: %s; next poll in %.2fs", job.request_id, exc, delay)
+            if job.active:
+                self._schedule(job, loop.time() + delay)
+            return
+        except Exception as exc:  # noqa: BLE001 - a waiter must hear of any failure
+            self._finish(job, error=exc)
+            return
+        finally:
+            self._slots.release()
+        job.failures = 0
+        if job.last is None or job.last.status != status.status:
+            for _, listener in job.waiters:
+                if listener is not None:
+                    listener(status)
+        job.last = status
+        if status.is_terminal:
+            self._finish(job, status=status)
+            return
+        policy = self._policy
+        jitter = random.uniform(1.0 - policy.jitter, 1.0 + policy.jitter)
+        delay = min(policy.max_interval, job.interval * jitter)
+        job.interval = min(policy.max_interval, job.interval * policy.growth)
+        if job.active:
+            self._schedule(job, loop.time() + delay)
+
+    def _finish(
+        self, job: _Job, *, status: VideoStatus | None = None, error: BaseException | None = None
+    ) -> None:
+        job.active = False
+        if self._jobs.get(job.request_id) is job:
+            del self._jobs[job.request_id]
+        for future, _ in job.waiters:
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            elif status is not None:
+                future.set_result(status)
+
+    async def aclose(self) -> None:
+        """Stop polling; waiters still waiting get a SiliconFlowError."""
+        self._closed = True
+        tasks = list(self._polls)
+        if self._runner is not None:
+            tasks.append(self._runner)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for job in list(self._jobs.values()):
+            self._finish(
+                job,
+                error=SiliconFlowError(
+                    "the AsyncClient was closed while waiting", request_id=job.request_id
+                ),
+            )
