@@ -142,6 +142,10 @@ def with_retries(
             details["wait"],
         )
 
+    async def attempt() -> T:
+        # A real coroutine function: backoff picks its async path by inspecting it.
+        return await call()
+
     retrying = backoff.on_exception(
         lambda: _retry_waits(policy),
         APIError,
@@ -149,7 +153,7 @@ def with_retries(
         giveup=lambda exc: not retry_if(exc),
         jitter=None,  # the jitter is in _retry_waits, where it cannot shorten a Retry-After
         on_backoff=log_retry,
-    )(call)
+    )(attempt)
     return retrying()
 
 
