@@ -7,7 +7,9 @@ knocking together. So the client as a whole keeps one rate:
 - No limit at first: with no rate limit in force, polls go out as soon as they are due.
 - On a 429, the rate drops to a little under what the server has just been accepting (the
   successes seen in the last ``window``), at most once per window so a burst of 429s from
-  requests already in flight counts once.
+  requests already in flight counts once. When nothing gets through it halves instead. A
+  trickle of requests (fewer than ``min_sample`` in the window) sets no rate: each request's
+  own backoff handles it.
 - Without 429s it creeps back up (a few percent a second), and fast once none has been
   seen for ``recovery`` seconds; well above demand, the limit is lifted entirely.
 - A ``Retry-After`` pauses every request until it has passed.
@@ -46,6 +48,7 @@ class RateGovernor:
         creep: float = 0.03,
         recovery: float = 10.0,
         min_rate: float = 0.2,
+        min_sample: int = 4,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._window = window
@@ -53,11 +56,13 @@ class RateGovernor:
         self._creep = creep
         self._recovery = recovery
         self._min_rate = min_rate
+        self._min_sample = min_sample
         self._clock = clock
         self._rate: float | None = None
         self._next_slot = 0.0
         self._paused_until = 0.0
         self._accepted: deque[float] = deque()
+        self._limited: deque[float] = deque()
         self._last_decrease = float("-inf")
         self._last_limited = float("-inf")
         self._last_adjust = clock()
@@ -88,12 +93,11 @@ class RateGovernor:
         if wait > 0:
             await asyncio.sleep(wait)
 
-    def _accepted_rate(self, now: float) -> float:
-        horizon = now - self._window
-        accepted = self._accepted
-        while accepted and accepted[0] < horizon:
-            accepted.popleft()
-        return len(accepted) / self._window
+    @staticmethod
+    def _recent(times: deque[float], horizon: float) -> int:
+        while times and times[0] < horizon:
+            times.popleft()
+        return len(times)
 
     def on_accepted(self) -> None:
         """A request got an answer that was not a 429."""
@@ -105,7 +109,8 @@ class RateGovernor:
         quiet = now - self._last_limited
         growth = self._creep if quiet < self._recovery else 0.5
         self._rate += self._rate * growth * elapsed
-        if quiet >= self._recovery and self._rate > 2 * self._accepted_rate(now) + 1:
+        accepted = self._recent(self._accepted, now - self._window) / self._window
+        if quiet >= self._recovery and self._rate > 2 * accepted + 1:
             self._rate = None  # far above what we use: the limit no longer binds
 
     def on_rate_limited(self, retry_after: float | None = None) -> None:
@@ -113,13 +118,21 @@ class RateGovernor:
         now = self._clock()
         self._rate_limited += 1
         self._last_limited = now
+        self._limited.append(now)
         if retry_after is not None and retry_after > 0:
             self._paused_until = max(self._paused_until, now + retry_after)
         if now - self._last_decrease < self._window:
             return  # 429s of requests already in flight: this episode is counted
+        horizon = now - self._window
+        accepted = self._recent(self._accepted, horizon)
+        limited = self._recent(self._limited, horizon)
+        if self._rate is None and accepted + limited < self._min_sample:
+            return  # a trickle of requests: each one's own backoff is enough
         self._last_decrease = now
-        accepted = self._accepted_rate(now)
-        target = accepted * self._headroom if accepted > 0 else (self._rate or 2.0) / 2
+        if accepted >= 2:
+            target = accepted / self._window * self._headroom
+        else:  # nothing gets through (a daily quota?): halve until something does
+            target = (self._rate or (accepted + limited) / self._window) / 2
         if self._rate is not None:
             target = min(target, self._rate * self._headroom)
         self._rate = max(self._min_rate, target)
