@@ -1,0 +1,844 @@
+"""One video URL → one verified file on disk.
+
+How the files next to the final ``path`` are used:
+
+``<name>.part``
+    The bytes received so far. It is locked (``fcntl.flock``) by the one process writing it,
+    and renamed to ``<name>`` (under the lock) only once its length matches what the server
+    announced. The final name therefore only ever holds a complete file.
+``<name>.part.json``
+    ``{"etag", "last_modified", "total"}`` of the response the partial bytes came from. It is
+    written before the first body byte, so a ``.part`` with bytes always has one; without it
+    the bytes cannot be tied to a response, and the download starts over.
+
+A rerun (in this process or another) resumes with ``Range: bytes=N-`` and ``If-Range``, and
+accepts only a ``206`` whose ``Content-Range`` continues exactly at ``N``. Anything else
+starts over from byte 0: bytes of two different responses are never spliced.
+
+Transient failures (dropped connections, short bodies, read timeouts, 429, 5xx) are retried
+with exponential backoff and full jitter, each try resuming from the bytes on disk. An answer
+that looks like an expired URL (403, 410, or a 400 that says "expired") is answered by asking
+``refresh_url()`` for a fresh URL, at most ``policy.max_url_refreshes`` times.
+
+Signed URLs carry a credential in their query string, so messages and logs only ever show
+``scheme://host/path``.
+
+On platforms without ``fcntl`` (Windows) the ``.part`` file is not locked: two processes
+downloading the same file at once there may waste work and must not share a destination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
+from urllib.parse import urlsplit
+
+import aiofiles
+import aiohttp
+import attrs
+import backoff
+import yarl
+
+from ._config import DownloadPolicy
+from ._exceptions import DownloadError, VideoURLExpiredError
+
+if sys.platform != "win32":
+    import fcntl
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
+    from aiofiles.threadpool.binary import AsyncFileIO
+
+__all__ = ["VideoFile", "download_video", "redact_url"]
+
+logger = logging.getLogger("siliconflow_video")
+
+_T = TypeVar("_T")
+
+# Waiting for another process's lock: poll without blocking, backing off to this ceiling.
+_LOCK_POLL_FIRST = 0.05
+_LOCK_POLL_MAX = 0.5
+# O_BINARY: without it Windows would translate line endings in the video bytes.
+_PART_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0)
+# How much of an error body is read to tell "expired" from other refusals.
+_ERROR_BODY_LIMIT = 8192
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+)")
+_UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
+_URL_QUERY = re.compile(r"""(\w+://[^\s?#'"<>]*)[?#][^\s'"<>]*""")
+_XML_FIELD = re.compile(r"<(Code|Message)>([^<]{0,200})</\1>")
+
+
+@attrs.frozen
+class VideoFile:
+    """A complete video on disk.
+
+    ``sha256`` is the hex digest of its bytes; ``reused`` is True when a complete file was
+    already at ``path`` and nothing was downloaded.
+    """
+
+    path: Path
+    size: int
+    sha256: str
+    reused: bool
+
+
+async def download_video(
+    session: aiohttp.ClientSession,
+    url: str,
+    path: Path,
+    *,
+    refresh_url: Callable[[], Awaitable[str | None]],
+    policy: DownloadPolicy,
+    request_id: str,
+    index: int,
+    on_progress: Callable[[int, int | None], None] | None = None,
+) -> VideoFile:
+    """Bring the video at ``url`` to ``path`` (an already validated file path), resuming
+    any ``.part`` left by an earlier run, and return it with its size and sha256.
+
+    ``session`` belongs to the caller and is used only for the video host: it is not closed,
+    and no Authorization header is added. ``refresh_url`` asks ``/video/status`` again for a
+    fresh URL when this one has expired; it returns None when there is none.
+
+    Raises ``DownloadError`` (disk errors, non-retryable statuses, retries used up) or
+    ``VideoURLExpiredError``. On any failure or cancellation the bytes received stay in
+    ``<path>.part`` for a later call, and nothing is left under ``path``.
+    """
+    ctx = _Context(url=url, path=path, request_id=request_id, index=index)
+    done = await _reuse_complete(ctx, policy, on_progress)
+    if done is not None:
+        return done
+    await ctx.disk("create the folder", path.parent, _make_folder, path.parent)
+    lock = await _lock_part(ctx)
+    if lock is None:  # another process completed it while we waited for its lock
+        return await _reuse_or_fail(ctx, policy, on_progress)
+    try:
+        if await asyncio.to_thread(os.path.lexists, path):
+            # Completed by a holder we never waited for; what is in .part is a leftover.
+            await ctx.disk("remove", ctx.part, _remove_leftovers, ctx.part, ctx.meta)
+            return await _reuse_or_fail(ctx, policy, on_progress)
+        transfer = _Transfer(session, ctx, lock, refresh_url, policy, on_progress)
+        return await transfer.run()
+    finally:
+        lock.release()
+
+
+# --- where and for whom ------------------------------------------------------------------
+
+
+@attrs.define
+class _Context:
+    """Who is being downloaded where: what every message needs."""
+
+    url: str
+    path: Path
+    request_id: str
+    index: int
+
+    @property
+    def part(self) -> Path:
+        return self.path.with_name(self.path.name + ".part")
+
+    @property
+    def meta(self) -> Path:
+        return self.path.with_name(self.path.name + ".part.json")
+
+    def error(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        cls: type[DownloadError] = DownloadError,
+    ) -> DownloadError:
+        return cls(
+            _scrub(message),
+            request_id=self.request_id,
+            url=redact_url(self.url),
+            path=str(self.path),
+            status_code=status_code,
+        )
+
+    async def disk(self, action: str, target: Path, func: Callable[..., _T], *args: Any) -> _T:
+        """Run a blocking file operation in a thread; an OSError becomes a DownloadError."""
+        try:
+            return await asyncio.to_thread(func, *args)
+        except OSError as exc:
+            raise self.error(_disk_message(exc, action, target)) from exc
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host/path`` of ``url``: the query of a signed URL is a credential."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    if port is not None:
+        host = f"{host}:{port}"
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
+def _scrub(text: str) -> str:
+    # Exception texts from libraries may quote a whole URL; drop every query string.
+    return _URL_QUERY.sub(r"\1", text)
+
+
+def _disk_message(exc: OSError, action: str, target: Path) -> str:
+    folder = target.parent
+    code = exc.errno
+    if code in (errno.EACCES, errno.EPERM) and action == "read":
+        return f"no permission to read {target}"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"no permission to write in {folder} (could not {action} {target.name})"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full while writing {target}"
+    if code == errno.EROFS:
+        return f"cannot write in {folder}: it is on a read-only file system"
+    if code in (errno.ENOTDIR, errno.EEXIST) and action == "create the folder":
+        return f"cannot use {target} as the destination folder: it or a parent is a file"
+    if code == errno.ENOTDIR:
+        return f"cannot write in {folder}: a part of that path is a file, not a folder"
+    if code == errno.ENAMETOOLONG:
+        return f"the file name {target.name!r} is too long for the file system of {folder}"
+    reason = exc.strerror or type(exc).__name__
+    return f"could not {action} {target}: {reason}"
+
+
+# --- reusing a finished file ---------------------------------------------------------------
+
+
+async def _reuse_complete(
+    ctx: _Context,
+    policy: DownloadPolicy,
+    on_progress: Callable[[int, int | None], None] | None,
+) -> VideoFile | None:
+    """The file already at the final path, hashed; None when there is none."""
+    kind = await asyncio.to_thread(_kind_of, ctx.path)
+    if kind is None:
+        return None
+    if kind != "file":
+        raise ctx.error(f"{ctx.path} exists and is not a regular file; move it away")
+    size, hasher = await ctx.disk("read", ctx.path, _hash_file, ctx.path, None, policy.write_buffer)
+    if on_progress is not None:
+        on_progress(size, size)
+    return VideoFile(path=ctx.path, size=size, sha256=hasher.hexdigest(), reused=True)
+
+
+async def _reuse_or_fail(
+    ctx: _Context,
+    policy: DownloadPolicy,
+    on_progress: Callable[[int, int | None], None] | None,
+) -> VideoFile:
+    found = await _reuse_complete(ctx, policy, on_progress)
+    if found is None:  # pragma: no cover - only reached if the file vanished in between
+        raise ctx.error(f"{ctx.path} disappeared right after another process wrote it")
+    return found
+
+
+def _hash_file(path: Path, length: int | None, block: int) -> tuple[int, _Hash]:
+    """(bytes read, sha256 object) over the first ``length`` bytes of ``path`` (all when
+    None), read in blocks so memory stays flat. Runs in a worker thread."""
+    hasher = hashlib.sha256()
+    size = 0
+    with open(path, "rb", buffering=0) as f:
+        while length is None or size < length:
+            data = f.read(block if length is None else min(block, length - size))
+            if not data:
+                break
+            hasher.update(data)
+            size += len(data)
+    return size, hasher
+
+
+def _kind_of(path: Path) -> Literal["file", "other"] | None:
+    """ "file" for a regular file (or a link to one), "other", or None when nothing is there."""
+    if not os.path.lexists(path):
+        return None
+    return "file" if os.path.isfile(path) else "other"
+
+
+def _make_folder(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def _remove_leftovers(*paths: Path) -> None:
+    for p in paths:
+        p.unlink(missing_ok=True)
+
+
+# --- the lock on the .part file ------------------------------------------------------------
+
+
+class _PartLock:
+    """The open descriptor of a ``.part`` file, exclusively locked; closing it unlocks."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._open = True
+
+    def release(self) -> None:
+        if self._open:
+            self._open = False
+            os.close(self.fd)
+
+
+async def _lock_part(ctx: _Context) -> _PartLock | None:
+    """The ``.part`` file, opened and exclusively locked, or None when the final file
+    appeared while waiting (another process completed it)."""
+    delay = _LOCK_POLL_FIRST
+    while True:
+        if await asyncio.to_thread(os.path.lexists, ctx.path):
+            return None
+        try:
+            fd = os.open(ctx.part, _PART_FLAGS, 0o644)
+        except OSError as exc:
+            raise ctx.error(_disk_message(exc, "create", ctx.part)) from exc
+        try:
+            while not _try_lock(fd):
+                logger.debug("%s is locked by another download; waiting", ctx.part)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _LOCK_POLL_MAX)
+            # The holder may have renamed the file we opened to the final name (or removed
+            # it) before letting go: then our descriptor no longer is the .part file.
+            if _still_at(fd, ctx.part):
+                return _PartLock(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _try_lock(fd: int) -> bool:
+    if sys.platform == "win32":  # no flock: see the module docstring
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _still_at(fd: int, path: Path) -> bool:
+    mine = os.fstat(fd)
+    try:
+        there = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+
+
+# --- the sidecar ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Validator:
+    """What identifies the response the partial bytes came from (the sidecar's content)."""
+
+    etag: str | None
+    last_modified: str | None
+    total: int | None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str], total: int | None) -> _Validator:
+        return cls(
+            etag=headers.get("ETag"),
+            last_modified=headers.get("Last-Modified"),
+            total=total,
+        )
+
+    def if_range(self) -> str | None:
+        # If-Range needs a strong validator: with a weak ETag every answer would be a 200.
+        if self.etag and not self.etag.startswith("W/"):
+            return self.etag
+        return self.last_modified
+
+
+def _read_sidecar(meta: Path) -> _Validator | None:
+    try:
+        raw = json.loads(meta.read_text(encoding="utf-8"))
+        total = raw["total"]
+        etag = raw["etag"]
+        last_modified = raw["last_modified"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing or torn: the partial bytes cannot be trusted
+    ok = (total is None or (isinstance(total, int) and total >= 0)) and all(
+        v is None or isinstance(v, str) for v in (etag, last_modified)
+    )
+    return _Validator(etag, last_modified, total) if ok else None
+
+
+def _write_sidecar(meta: Path, validator: _Validator) -> None:
+    # Through a temporary name, so a crash never leaves a torn sidecar behind.
+    tmp = meta.with_name(meta.name + ".tmp")
+    tmp.write_text(json.dumps(attrs.asdict(validator)), encoding="utf-8")
+    os.replace(tmp, meta)
+
+
+# --- one transfer --------------------------------------------------------------------------
+
+
+class _Retry(Exception):
+    """A failure worth another try; the bytes on disk are kept and the next try resumes."""
+
+
+class _Expired(Exception):
+    """The host answered as it does for an expired URL."""
+
+    def __init__(self, status: int, detail: str, says_expired: bool) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+        self.says_expired = says_expired
+
+
+class _Transfer:
+    """Moves the bytes of one video into the locked ``.part`` file, then renames it."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        ctx: _Context,
+        lock: _PartLock,
+        refresh_url: Callable[[], Awaitable[str | None]],
+        policy: DownloadPolicy,
+        on_progress: Callable[[int, int | None], None] | None,
+    ) -> None:
+        self.session = session
+        self.ctx = ctx
+        self.lock = lock
+        self.fd = lock.fd
+        self.refresh_url = refresh_url
+        self.policy = policy
+        self.on_progress = on_progress
+        self.timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=policy.connect_timeout,
+            sock_read=policy.read_timeout,
+        )
+        self.validator: _Validator | None = None
+        self.total: int | None = None
+        self.done = 0  # bytes in .part, all of them hashed
+        self.hasher = hashlib.sha256()
+        self.refreshes = 0
+        self.buffer = _Buffer(policy.write_buffer, policy.chunk_size)
+
+    async def run(self) -> VideoFile:
+        # closefd=False: the descriptor carries the lock and is closed by our caller.
+        async with aiofiles.open(self.fd, "r+b", buffering=0, closefd=False) as f:
+            self.file: AsyncFileIO = f
+            await self._load_partial()
+            tries = backoff.on_exception(
+                backoff.expo,
+                _Retry,
+                max_tries=self.policy.max_attempts,
+                factor=self.policy.base_delay,
+                max_value=self.policy.max_delay,
+                jitter=backoff.full_jitter,
+                on_backoff=self._log_retry,
+                logger=None,
+            )(self._attempt)
+            while True:
+                try:
+                    await tries()
+                    break
+                except _Expired as expired:
+                    await self._refresh(expired)
+                except _Retry as exc:
+                    raise self.ctx.error(
+                        f"gave up downloading {redact_url(self.ctx.url)} after "
+                        f"{self.policy.max_attempts} tries: {exc}; {self._kept()}"
+                    ) from exc
+            return await self._finish()
+
+    # -- state on disk
+
+    async def _load_partial(self) -> None:
+        """Take over what an earlier run left in .part, or start from nothing."""
+        self.validator = await self.ctx.disk("read", self.ctx.meta, _read_sidecar, self.ctx.meta)
+        size = os.fstat(self.fd).st_size
+        known_total = self.validator.total if self.validator else None
+        if size and (self.validator is None or (known_total is not None and size > known_total)):
+            logger.debug("%s cannot be tied to a response; starting over", self.ctx.part)
+            await self._start_over()
+            return
+        if size:
+            # Hash the kept prefix now: the digest must cover the whole file at the end.
+            size, self.hasher = await self.ctx.disk(
+                "read", self.ctx.part, _hash_file, self.ctx.part, size, self.policy.write_buffer
+            )
+            self.total = known_total
+        self.done = size
+        await self._seek_end()
+
+    async def _start_over(self) -> None:
+        """Throw the partial bytes and their sidecar away: never splice two responses."""
+        try:
+            await self.file.truncate(0)
+            await self.file.seek(0)
+        except OSError as exc:
+            raise self.ctx.error(_disk_message(exc, "truncate", self.ctx.part)) from exc
+        self.done = 0
+        self.total = None
+        self.hasher = hashlib.sha256()
+        self.validator = None
+        await self.ctx.disk("remove", self.ctx.meta, _remove_leftovers, self.ctx.meta)
+
+    async def _seek_end(self) -> None:
+        try:
+            await self.file.seek(self.done)
+        except OSError as exc:
+            raise self.ctx.error(_disk_message(exc, "seek in", self.ctx.part)) from exc
+
+    async def _remember(self, validator: _Validator) -> None:
+        self.validator = validator
+        await self.ctx.disk("write", self.ctx.meta, _write_sidecar, self.ctx.meta, validator)
+
+    async def _flush(self) -> None:
+        """Write the buffered bytes to the end of .part in one thread hop and empty it."""
+        if not self.buffer.filled:
+            return
+        try:
+            await _finish_before_cancel(_write_all(self.file, self.buffer.view()))
+        except OSError as exc:
+            raise self.ctx.error(_disk_message(exc, "write", self.ctx.part)) from exc
+        self.done += self.buffer.filled
+        self.buffer.filled = 0
+        if self.on_progress is not None:
+            self.on_progress(self.done, self.total)
+
+    async def _finish(self) -> VideoFile:
+        """Rename the complete .part to the final name, still holding its lock."""
+        part, path = self.ctx.part, self.ctx.path
+        if self.policy.fsync:
+            await self.ctx.disk("flush", part, os.fsync, self.fd)
+        if sys.platform == "win32":
+            # Windows cannot rename an open file; there is no lock to hold there anyway.
+            self.lock.release()
+        try:
+            os.replace(part, path)
+        except OSError as exc:
+            raise self.ctx.error(_disk_message(exc, "rename", part)) from exc
+        if self.policy.fsync:
+            await self.ctx.disk("flush", path.parent, _fsync_folder, path.parent)
+        await self.ctx.disk("remove", self.ctx.meta, _remove_leftovers, self.ctx.meta)
+        if self.on_progress is not None:
+            self.on_progress(self.done, self.total if self.total is not None else self.done)
+        return VideoFile(path=path, size=self.done, sha256=self.hasher.hexdigest(), reused=False)
+
+    # -- one request
+
+    async def _attempt(self) -> None:
+        """One GET; returns once .part holds the whole video."""
+        headers = {"Accept-Encoding": "identity"}
+        if self.done:
+            headers["Range"] = f"bytes={self.done}-"
+            if_range = self.validator.if_range() if self.validator else None
+            if if_range:
+                headers["If-Range"] = if_range
+        try:
+            async with self.session.get(
+                # encoded=True: send the signed query byte for byte, as it was signed.
+                yarl.URL(self.ctx.url, encoded=True),
+                headers=headers,
+                timeout=self.timeout,
+                raise_for_status=False,
+            ) as resp:
+                await self._handle(resp)
+        except TimeoutError as exc:  # before ClientConnectionError: aiohttp's is both
+            raise _Retry(
+                f"timed out (connect timeout {self.policy.connect_timeout:g} s, "
+                f"read timeout {self.policy.read_timeout:g} s: {_describe(exc)})"
+            ) from exc
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            raise _Retry(f"the connection broke ({_describe(exc)})") from exc
+        except aiohttp.ClientError as exc:
+            # Not from the network itself (bad URL, too many redirects): retrying won't help.
+            # "from None": such errors quote the whole signed URL.
+            raise self.ctx.error(f"could not request the video: {_describe(exc)}") from None
+
+    async def _handle(self, resp: aiohttp.ClientResponse) -> None:
+        status = resp.status
+        if status == 200:
+            await self._on_whole_body(resp)
+        elif status == 206:
+            await self._on_partial_body(resp)
+        elif status == 416 and self.done:
+            await self._on_range_not_satisfiable(resp)
+        elif status in (400, 403, 410):
+            detail, says_expired = await _error_detail(resp)
+            if status != 400 or says_expired:
+                raise _Expired(status, detail, says_expired or status == 410)
+            raise self.ctx.error(
+                f"the video host answered HTTP 400 ({detail}) for {redact_url(self.ctx.url)}",
+                status_code=status,
+            )
+        elif status == 429 or status >= 500:
+            raise _Retry(f"the video host answered HTTP {status}")
+        else:
+            detail, _ = await _error_detail(resp)
+            raise self.ctx.error(
+                f"the video host answered HTTP {status} ({detail}) for {redact_url(self.ctx.url)}",
+                status_code=status,
+            )
+
+    async def _on_whole_body(self, resp: aiohttp.ClientResponse) -> None:
+        if self.done:
+            # The host ignored Range, or If-Range no longer matched: this is the whole
+            # file again, perhaps a different one.
+            logger.debug(
+                "%s answered 200 to a Range request; starting %s over",
+                redact_url(self.ctx.url),
+                self.ctx.part,
+            )
+            await self._start_over()
+        total = _content_length(resp)
+        await self._remember(_Validator.from_headers(resp.headers, total))
+        await self._stream(resp, total)
+
+    async def _on_partial_body(self, resp: aiohttp.ClientResponse) -> None:
+        problem = self._range_problem(resp)
+        if problem is not None:
+            await self._start_over()
+            raise _Retry(f"{problem}; starting over from byte 0")
+        _, _, total = _parse_content_range(resp.headers.get("Content-Range"))
+        if self.validator is None:  # a 206 to a request without Range, from byte 0
+            await self._remember(_Validator.from_headers(resp.headers, total))
+        await self._stream(resp, total)
+
+    def _range_problem(self, resp: aiohttp.ClientResponse) -> str | None:
+        """Why this 206 cannot continue the bytes on disk, or None when it can."""
+        header = resp.headers.get("Content-Range")
+        first, last, total = _parse_content_range(header)
+        if total < 0:
+            return f"a 206 answer with an unreadable Content-Range {header!r}"
+        if first != self.done or last != total - 1:
+            return f"asked for bytes from {self.done}, the host sent {first}-{last} of {total}"
+        known = self.validator.total if self.validator else None
+        if known is not None and total != known:
+            return f"the video is now {total} bytes long, it was {known}"
+        etag = resp.headers.get("ETag")
+        mine = self.validator.etag if self.validator else None
+        if etag and mine and etag != mine:
+            return "the video changed (its ETag differs)"
+        length = _content_length(resp)
+        if length is not None and length != total - first:
+            return f"Content-Length {length} does not match Content-Range {header!r}"
+        return None
+
+    async def _on_range_not_satisfiable(self, resp: aiohttp.ClientResponse) -> None:
+        match = _UNSATISFIED_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
+        total = int(match.group(1)) if match else None
+        known = self.validator.total if self.validator else None
+        if total is not None and total == self.done and known in (None, total):
+            self.total = total  # .part already holds every byte: nothing left to fetch
+            return
+        await self._start_over()
+        raise _Retry(
+            f"the host answered 416 to a Range request from byte {self.done}; "
+            "starting over from byte 0"
+        )
+
+    async def _stream(self, resp: aiohttp.ClientResponse, total: int | None) -> None:
+        """Copy the body to .part, one write per ``write_buffer`` bytes."""
+        self.total = total
+        self.buffer.filled = 0
+        try:
+            async for chunk in resp.content.iter_chunked(self.policy.chunk_size):
+                self.hasher.update(chunk)
+                if self.buffer.add(chunk):
+                    await self._flush()
+        except (aiohttp.ClientError, TimeoutError):
+            # What did arrive is a correct prefix: keep it, so the next try resumes after it.
+            # (On cancellation nothing more is written: the run is stopping.)
+            await self._flush()
+            raise
+        await self._flush()
+        if total is not None and self.done < total:
+            raise _Retry(f"the body ended after {self.done} of {total} bytes")
+        if total is not None and self.done > total:
+            await self._start_over()
+            raise _Retry(f"the host sent more than the {total} bytes it announced")
+
+    # -- expiry and retries
+
+    async def _refresh(self, expired: _Expired) -> None:
+        """Swap the URL for a fresh one from ``refresh_url``, or raise."""
+        if self.refreshes >= self.policy.max_url_refreshes:
+            if not self.refreshes:
+                self._fail_expired(expired, "asking for a fresh one is off (max_url_refreshes)")
+            if expired.says_expired:
+                self._fail_expired(
+                    expired, f"the {self.refreshes} fresh URL(s) from /video/status failed too"
+                )
+            # Refused again and again with fresh URLs, never saying "expired": not expiry.
+            raise self.ctx.error(
+                f"the video host refused access ({expired}) to "
+                f"{redact_url(self.ctx.url)}, also with {self.refreshes} fresh URLs "
+                f"from /video/status; {self._kept()}",
+                status_code=expired.status,
+            )
+        logger.debug(
+            "%s answered %s; asking /video/status for a fresh URL",
+            redact_url(self.ctx.url),
+            expired,
+        )
+        fresh = await self.refresh_url()
+        self.refreshes += 1
+        if not fresh:
+            self._fail_expired(expired, "/video/status gave no fresh URL")
+        if fresh == self.ctx.url:
+            self._fail_expired(expired, "/video/status gave the same URL again")
+        self.ctx.url = fresh
+
+    def _fail_expired(self, expired: _Expired, why: str) -> NoReturn:
+        host = redact_url(self.ctx.url)
+        # A bare 403 does not say why; expiry is by far the likeliest reason, but say so.
+        what = (
+            f"the video URL has expired ({host} answered {expired})"
+            if expired.says_expired
+            else f"the video URL was refused ({host} answered {expired}), most likely "
+            "because it has expired"
+        )
+        raise self.ctx.error(
+            f"{what}: SiliconFlow's video URLs are valid for one hour, and {why}. "
+            f"{self._kept(sentence=True)}. Download videos soon after their job succeeds",
+            status_code=expired.status,
+            cls=VideoURLExpiredError,
+        )
+
+    def _kept(self, *, sentence: bool = False) -> str:
+        if not self.done:
+            text = "no bytes had arrived yet"
+        else:
+            text = (
+                f"the {self.done} bytes received so far are kept in {self.ctx.part}, "
+                "and a later call resumes from there"
+            )
+        return text[0].upper() + text[1:] if sentence else text
+
+    def _log_retry(self, details: Any) -> None:
+        logger.debug(
+            "download of %s (requestId %s, video %d) failed: %s; "
+            "try %d of %d in %.2f s, resuming at byte %d",
+            redact_url(self.ctx.url),
+            self.ctx.request_id,
+            self.ctx.index,
+            details.get("exception"),
+            details["tries"] + 1,
+            self.policy.max_attempts,
+            details.get("wait", 0.0),
+            self.done,
+        )
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+class _Buffer:
+    """Chunks gathered for one write, in one allocation made up front: a growing bytearray
+    would be copied as it grows, briefly holding two buffers."""
+
+    def __init__(self, write_buffer: int, chunk_size: int) -> None:
+        self.limit = write_buffer
+        # A chunk is at most chunk_size bytes, added while fewer than limit are held.
+        self._view = memoryview(bytearray(write_buffer + chunk_size))
+        self.filled = 0
+
+    def add(self, chunk: bytes) -> bool:
+        """Append ``chunk``; True when the buffer is due to be written."""
+        end = self.filled + len(chunk)
+        self._view[self.filled : end] = chunk
+        self.filled = end
+        return end >= self.limit
+
+    def view(self) -> memoryview:
+        return self._view[: self.filled]
+
+
+async def _write_all(file: AsyncFileIO, data: memoryview) -> None:
+    """Write all of ``data`` at the file position. The one place bytes reach the disk:
+    tests replace it to simulate a full disk or a refused write."""
+    written = await file.write(data)
+    while written < len(data):  # a short write, rare on regular files: finish it
+        more = await file.write(bytes(data[written:]))
+        if not more:
+            raise OSError(errno.EIO, "the file system accepted no more bytes")
+        written += more
+
+
+async def _finish_before_cancel(op: Awaitable[_T]) -> _T:
+    """Await a thread-backed operation on the .part descriptor. If cancelled meanwhile, let
+    the thread end first (it still uses the descriptor and the buffer, which must not be
+    closed or reused under it), then re-raise."""
+    fut = asyncio.ensure_future(op)
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        await asyncio.wait([fut])
+        if not fut.cancelled():
+            fut.exception()  # retrieved, so asyncio does not log it as forgotten
+        raise
+
+
+def _fsync_folder(folder: Path) -> None:
+    # So the rename itself survives a power cut.
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _content_length(resp: aiohttp.ClientResponse) -> int | None:
+    value = resp.headers.get("Content-Length", "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def _parse_content_range(header: str | None) -> tuple[int, int, int]:
+    """(first, last, total) of ``bytes first-last/total``; (-1, -1, -1) when unreadable."""
+    match = _CONTENT_RANGE.fullmatch((header or "").strip())
+    if not match:
+        return -1, -1, -1
+    first, last, total = (int(g) for g in match.groups())
+    return first, last, total
+
+
+async def _error_detail(resp: aiohttp.ClientResponse) -> tuple[str, bool]:
+    """A short, credential-free description of an error body, and whether it says the
+    URL expired."""
+    body = bytearray()
+    try:
+        async for chunk in resp.content.iter_chunked(_ERROR_BODY_LIMIT):
+            body += chunk
+            if len(body) >= _ERROR_BODY_LIMIT:
+                break
+    except (aiohttp.ClientError, TimeoutError):
+        pass  # the status says enough
+    text = body[:_ERROR_BODY_LIMIT].decode("utf-8", "replace")
+    says_expired = "expired" in text.lower()
+    # Storage hosts answer XML; keep only Code and Message (OSS also echoes the string it
+    # signed, which is not for logs).
+    fields = dict(_XML_FIELD.findall(text))
+    if fields:
+        detail = ": ".join(fields[k].strip() for k in ("Code", "Message") if k in fields)
+    else:
+        detail = " ".join(text.split())[:200]
+    return _scrub(detail) or "no body", says_expired
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return _scrub(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)

@@ -1,0 +1,835 @@
+"""download_video: one URL → one verified file, whatever the network and the disk do.
+
+Runs against FakeSiliconFlow over real HTTP on loopback; nothing in aiohttp is mocked.
+Disk faults are real where the machine allows it (chattr +i, a 1 MiB tmpfs) and are also
+injected at the one file-writing seam, ``_download._write_all``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from siliconflow_video import DownloadError, DownloadPolicy, VideoURLExpiredError, _download
+from siliconflow_video._download import VideoFile, download_video, redact_url
+from siliconflow_video.testing import (
+    ConnectionReset,
+    DropMidBody,
+    ErrorResponse,
+    ExpiredURL,
+    FakeSiliconFlow,
+    IgnoreRange,
+    Slow,
+    SlowBody,
+    TruncatedBody,
+    forbidden,
+    not_found,
+    rate_limited,
+    server_error,
+)
+
+KIB = 1024
+MIB = 1024 * KIB
+SIZE = 600 * KIB
+
+POLICY = DownloadPolicy(
+    chunk_size=16 * KIB,
+    write_buffer=64 * KIB,
+    max_attempts=6,
+    base_delay=0.001,
+    max_delay=0.01,
+    connect_timeout=2.0,
+    read_timeout=2.0,
+)
+
+Refresh = Callable[[], Awaitable[str | None]]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeSiliconFlow]:
+    async with FakeSiliconFlow(api_key="sk-test", seed=1) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    # The video-host session: no Authorization, as the client builds it.
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def status_url(
+    session: aiohttp.ClientSession, fake: FakeSiliconFlow, rid: str, index: int = 0
+) -> str:
+    """The URL /v1/video/status hands out now (what refresh_url does in the client)."""
+    async with session.post(
+        f"{fake.base_url}/video/status",
+        json={"requestId": rid},
+        headers={"Authorization": f"Bearer {fake.api_key}"},
+    ) as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    url = body["results"]["videos"][index]["url"]
+    assert isinstance(url, str)
+    return url
+
+
+class Refresher:
+    """A refresh_url that asks the fake's /video/status, counting its calls."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        fake: FakeSiliconFlow,
+        rid: str,
+        *,
+        answer: str | None = "status",
+        before: Callable[[], None] | None = None,
+    ) -> None:
+        self.session, self.fake, self.rid = session, fake, rid
+        self.answer = answer
+        self.before = before
+        self.calls = 0
+
+    async def __call__(self) -> str | None:
+        self.calls += 1
+        if self.before is not None:
+            self.before()
+        if self.answer != "status":
+            return self.answer
+        return await status_url(self.session, self.fake, self.rid)
+
+
+async def no_refresh() -> str | None:
+    return None
+
+
+async def run(*argv: str) -> int:
+    """Run a command without blocking the event loop (the fake serves on it); its exit code."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    return await proc.wait()
+
+
+def part_of(path: Path) -> Path:
+    return path.with_name(path.name + ".part")
+
+
+def meta_of(path: Path) -> Path:
+    return path.with_name(path.name + ".part.json")
+
+
+def assert_clean_success(result: VideoFile, path: Path, expected: bytes) -> None:
+    assert result.path == path
+    assert path.read_bytes() == expected
+    assert result.size == len(expected)
+    assert result.sha256 == hashlib.sha256(expected).hexdigest()
+    assert not part_of(path).exists()
+    assert not meta_of(path).exists()
+
+
+def assert_no_credentials(text: str) -> None:
+    assert "Signature=" not in text
+    assert "Expires=" not in text
+
+
+async def fetch(
+    session: aiohttp.ClientSession,
+    url: str,
+    path: Path,
+    *,
+    refresh: Refresh = no_refresh,
+    policy: DownloadPolicy = POLICY,
+    rid: str = "rid",
+    on_progress: Callable[[int, int | None], None] | None = None,
+) -> VideoFile:
+    return await download_video(
+        session,
+        url,
+        path,
+        refresh_url=refresh,
+        policy=policy,
+        request_id=rid,
+        index=0,
+        on_progress=on_progress,
+    )
+
+
+# --- the plain path ------------------------------------------------------------------------
+
+
+async def test_downloads_the_exact_bytes(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A clean download leaves exactly the served bytes under the final name, its sha256,
+    and no .part or sidecar."""
+    rid = fake.add_job(videos=[SIZE])
+    path = tmp_path / "v.mp4"
+    seen: list[tuple[int, int | None]] = []
+    result = await fetch(
+        session,
+        await status_url(session, fake, rid),
+        path,
+        rid=rid,
+        on_progress=lambda d, t: seen.append((d, t)),
+    )
+    assert_clean_success(result, path, fake.video_bytes(rid))
+    assert result.reused is False
+    assert seen[-1] == (SIZE, SIZE)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    (request,) = fake.requests_for("video", rid)
+    assert request.headers.get("Accept-Encoding") == "identity"
+    assert "Range" not in request.headers
+
+
+async def test_fsync_policy_completes(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """With fsync on, the file and its folder are flushed and the result is the same."""
+    rid = fake.add_job(videos=[SIZE])
+    path = tmp_path / "v.mp4"
+    policy = DownloadPolicy(chunk_size=16 * KIB, write_buffer=64 * KIB, fsync=True)
+    url = await status_url(session, fake, rid)
+    result = await fetch(session, url, path, rid=rid, policy=policy)
+    assert_clean_success(result, path, fake.video_bytes(rid))
+
+
+async def test_final_file_present_means_no_request(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A second call with the final file already there makes no request and reuses it."""
+    rid = fake.add_job(videos=[SIZE])
+    url = await status_url(session, fake, rid)
+    path = tmp_path / "v.mp4"
+    first = await fetch(session, url, path, rid=rid)
+    fake.clear_log()
+    again = await fetch(session, url, path, rid=rid)
+    assert again.reused is True
+    assert (again.size, again.sha256) == (first.size, first.sha256)
+    assert fake.requests_for("video") == []
+
+
+# --- network faults ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        DropMidBody(200 * KIB),
+        TruncatedBody(300 * KIB),
+        TruncatedBody(0),
+        server_error(500),
+        server_error(503),
+        rate_limited(),
+        ConnectionReset(),
+        SlowBody(4 * MIB),
+    ],
+    ids=lambda f: type(f).__name__ + str(getattr(f, "status", "")),
+)
+async def test_bytes_match_after_a_fault(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path, fault: Any
+) -> None:
+    """After a dropped, truncated, refused or slow answer, the file equals the served bytes."""
+    rid = fake.add_job(videos=[SIZE])
+    fake.add_fault("video", fault, times=2)
+    path = tmp_path / "v.mp4"
+    result = await fetch(session, await status_url(session, fake, rid), path, rid=rid)
+    assert_clean_success(result, path, fake.video_bytes(rid))
+
+
+async def test_resume_sends_range_and_if_range(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """After a drop the next request asks only for the missing bytes (Range + If-Range) and
+    the host answers 206."""
+    rid = fake.add_job(videos=[SIZE])
+    fake.add_fault("video", DropMidBody(256 * KIB))
+    path = tmp_path / "v.mp4"
+    result = await fetch(session, await status_url(session, fake, rid), path, rid=rid)
+    assert_clean_success(result, path, fake.video_bytes(rid))
+    first, second = fake.requests_for("video", rid)
+    assert "Range" not in first.headers
+    match = re.fullmatch(r"bytes=(\d+)-", second.headers["Range"])
+    assert match
+    assert 0 < int(match.group(1)) <= 256 * KIB
+    assert second.headers["If-Range"] == fake.jobs[rid].videos[0].etag
+    assert second.status == 206
+
+
+async def test_truncated_body_under_full_content_length_is_not_success(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A body cut short under a full Content-Length, every time, ends in DownloadError with
+    the bytes kept in .part and nothing under the final name."""
+    rid = fake.add_job(videos=[SIZE])
+    fake.add_fault("video", TruncatedBody(0), times=None)
+    path = tmp_path / "v.mp4"
+    url = await status_url(session, fake, rid)
+    with pytest.raises(DownloadError, match="gave up") as info:
+        await fetch(session, url, path, rid=rid)
+    assert not path.exists()
+    assert len(fake.requests_for("video", rid)) == POLICY.max_attempts
+    assert_no_credentials(str(info.value))
+    assert info.value.request_id == rid
+
+
+async def test_range_ignored_starts_over_cleanly(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """When the host answers a Range request with the whole body (200), the partial bytes
+    are dropped and the file is the served bytes, not a splice."""
+    rid = fake.add_job(videos=[SIZE])
+    fake.add_fault("video", DropMidBody(200 * KIB))
+    fake.add_fault("video", IgnoreRange())
+    path = tmp_path / "v.mp4"
+    result = await fetch(session, await status_url(session, fake, rid), path, rid=rid)
+    assert_clean_success(result, path, fake.video_bytes(rid))
+    statuses = [(r.status, "Range" in r.headers) for r in fake.requests_for("video", rid)]
+    assert statuses == [(200, False), (200, True)]
+
+
+async def test_read_timeout_is_retried(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A host that goes silent longer than read_timeout is retried, not waited on forever."""
+    rid = fake.add_job(videos=[SIZE])
+    fake.add_fault("video", Slow(1.0))
+    path = tmp_path / "v.mp4"
+    policy = DownloadPolicy(
+        chunk_size=16 * KIB, write_buffer=64 * KIB, base_delay=0.001, read_timeout=0.2
+    )
+    url = await status_url(session, fake, rid)
+    result = await fetch(session, url, path, rid=rid, policy=policy)
+    assert_clean_success(result, path, fake.video_bytes(rid))
+
+
+async def test_retries_log_at_debug_without_the_signed_query(
+    fake: FakeSiliconFlow,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each retry is logged at DEBUG on the package logger, showing only scheme://host/path."""
+    rid = fake.add_job(videos=[SIZE])
+    fake.add_fault("video", server_error(502), times=2)
+    with caplog.at_level(logging.DEBUG, logger="siliconflow_video"):
+        await fetch(session, await status_url(session, fake, rid), tmp_path / "v.mp4", rid=rid)
+    retries = [r for r in caplog.records if "try 2 of" in r.getMessage()]
+    assert retries
+    assert retries[0].levelno == logging.DEBUG
+    assert retries[0].name == "siliconflow_video"
+    for record in caplog.records:
+        assert_no_credentials(record.getMessage())
+
+
+async def test_not_found_is_a_download_error_with_status(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A 404 from the host is not retried: DownloadError with status_code, requestId, path."""
+    rid = fake.add_job(videos=[SIZE])
+    fake.add_fault("video", not_found(), times=None)
+    path = tmp_path / "v.mp4"
+    url = await status_url(session, fake, rid)
+    with pytest.raises(DownloadError) as info:
+        await fetch(session, url, path, rid=rid)
+    err = info.value
+    assert not isinstance(err, VideoURLExpiredError)
+    assert (err.status_code, err.request_id, err.path) == (404, rid, str(path))
+    assert err.url == redact_url(url)
+    assert "?" not in err.url
+    assert "HTTP 404" in str(err)
+    assert_no_credentials(str(err))
+    assert len(fake.requests_for("video", rid)) == 1
+    assert not path.exists()
+
+
+# --- expiry --------------------------------------------------------------------------------
+
+
+async def test_expiry_mid_download_refreshes_and_resumes(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """When the URL expires after some bytes arrived, refresh_url gives a new one and the
+    download continues from the kept bytes with Range."""
+    rid = fake.add_job(videos=[SIZE])
+    fake.add_fault("video", DropMidBody(256 * KIB))
+    path = tmp_path / "v.mp4"
+    refresh = Refresher(session, fake, rid)
+    expired_once: list[bool] = []
+
+    def expire_after_first_bytes(done: int, total: int | None) -> None:
+        if not expired_once:
+            expired_once.append(True)
+            fake.expire_urls()
+
+    url = await status_url(session, fake, rid)
+    result = await fetch(
+        session, url, path, rid=rid, refresh=refresh, on_progress=expire_after_first_bytes
+    )
+    assert_clean_success(result, path, fake.video_bytes(rid))
+    assert refresh.calls == 1
+    first, expired, resumed = fake.requests_for("video", rid)
+    assert (first.status, expired.status, resumed.status) == (200, 403, 206)
+    assert expired.query == first.query
+    assert resumed.query != first.query
+    assert int(re.fullmatch(r"bytes=(\d+)-", resumed.headers["Range"]).group(1)) > 0  # type: ignore[union-attr]
+
+
+async def test_already_expired_url_is_refreshed(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A URL that has expired before the first byte is exchanged for a fresh one."""
+    rid = fake.add_job(videos=[SIZE])
+    url = await status_url(session, fake, rid)
+    fake.expire_urls()
+    refresh = Refresher(session, fake, rid)
+    path = tmp_path / "v.mp4"
+    result = await fetch(session, url, path, rid=rid, refresh=refresh)
+    assert_clean_success(result, path, fake.video_bytes(rid))
+    assert refresh.calls == 1
+    assert [r.status for r in fake.requests_for("video", rid)] == [403, 200]
+
+
+async def test_expired_url_fault_is_refreshed(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """The OSS "Request has expired." 403 leads to refresh_url and a complete file."""
+    rid = fake.add_job(videos=[SIZE])
+    fake.add_fault("video", ExpiredURL())
+    # The fake signs with second resolution: rotate keys so the fresh URL differs.
+    refresh = Refresher(session, fake, rid, before=fake.expire_urls)
+    path = tmp_path / "v.mp4"
+    url = await status_url(session, fake, rid)
+    result = await fetch(session, url, path, rid=rid, refresh=refresh)
+    assert_clean_success(result, path, fake.video_bytes(rid))
+    assert refresh.calls == 1
+
+
+async def test_400_saying_expired_is_treated_as_expiry(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A 400 whose body mentions "expired" also asks refresh_url for a fresh URL."""
+    rid = fake.add_job(videos=[SIZE])
+    body = "<Error><Code>InvalidArgument</Code><Message>Token expired</Message></Error>"
+    fake.add_fault("video", ErrorResponse(400, body, content_type="application/xml"))
+    refresh = Refresher(session, fake, rid, before=fake.expire_urls)
+    path = tmp_path / "v.mp4"
+    url = await status_url(session, fake, rid)
+    result = await fetch(session, url, path, rid=rid, refresh=refresh)
+    assert_clean_success(result, path, fake.video_bytes(rid))
+    assert refresh.calls == 1
+
+
+@pytest.mark.parametrize("answer", [None, "same"])
+async def test_no_fresh_url_raises_expired_and_keeps_part(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path, answer: str | None
+) -> None:
+    """With no fresh URL (None, or the same one again) the error says the URL expired, that
+    URLs last one hour and no fresh one came, and the partial bytes stay in .part."""
+    rid = fake.add_job(videos=[SIZE])
+    fake.add_fault("video", DropMidBody(256 * KIB))
+    url = await status_url(session, fake, rid)
+    refresh = Refresher(session, fake, rid, answer=url if answer == "same" else None)
+    path = tmp_path / "v.mp4"
+
+    with pytest.raises(VideoURLExpiredError) as info:
+        await fetch(
+            session,
+            url,
+            path,
+            rid=rid,
+            refresh=refresh,
+            on_progress=lambda d, t: fake.expire_urls(),
+        )
+    message = str(info.value)
+    assert "expired" in message
+    assert "one hour" in message
+    assert "no fresh URL" in message or "same URL" in message
+    assert str(part_of(path)) in message
+    assert rid in message
+    assert_no_credentials(message)
+    assert info.value.status_code == 403
+    assert refresh.calls == 1
+    assert not path.exists()
+    kept = part_of(path).read_bytes()
+    assert 0 < len(kept) < SIZE
+    assert kept == fake.video_bytes(rid)[: len(kept)]
+    sidecar = json.loads(meta_of(path).read_text())
+    assert sidecar == {
+        "etag": fake.jobs[rid].videos[0].etag,
+        "last_modified": fake.jobs[rid].videos[0].last_modified,
+        "total": SIZE,
+    }
+
+
+async def test_repeated_refusal_with_fresh_urls_ends(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A 403 that is not about expiry, again with every fresh URL, ends in DownloadError
+    after max_url_refreshes refreshes instead of looping."""
+    rid = fake.add_job(videos=[SIZE])
+    fake.add_fault("video", forbidden(), times=None)
+    refresh = Refresher(session, fake, rid, before=fake.expire_urls)
+    path = tmp_path / "v.mp4"
+    url = await status_url(session, fake, rid)
+    with pytest.raises(DownloadError) as info:
+        await fetch(session, url, path, rid=rid, refresh=refresh)
+    assert info.value.status_code == 403
+    assert refresh.calls == POLICY.max_url_refreshes
+    assert len(fake.requests_for("video", rid)) == POLICY.max_url_refreshes + 1
+    assert_no_credentials(str(info.value))
+
+
+async def test_urls_that_keep_expiring_end_as_expired(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """If every fresh URL has expired too, VideoURLExpiredError comes after
+    max_url_refreshes refreshes."""
+    rid = fake.add_job(videos=[SIZE])
+    fake.add_fault("video", ExpiredURL(), times=None)
+    refresh = Refresher(session, fake, rid, before=fake.expire_urls)
+    path = tmp_path / "v.mp4"
+    url = await status_url(session, fake, rid)
+    with pytest.raises(VideoURLExpiredError, match="failed too"):
+        await fetch(session, url, path, rid=rid, refresh=refresh)
+    assert refresh.calls == POLICY.max_url_refreshes
+
+
+async def test_video_host_never_sees_authorization(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Even when refresh_url calls the API (with the key) on the same session, no request
+    to the video host carries Authorization."""
+    rid = fake.add_job(videos=[SIZE])
+    fake.add_fault("video", DropMidBody(100 * KIB))
+    url = await status_url(session, fake, rid)
+    expired: list[bool] = []
+
+    def expire_once(done: int, total: int | None) -> None:
+        if not expired:
+            expired.append(True)
+            fake.expire_urls()
+
+    refresh = Refresher(session, fake, rid)
+    await fetch(session, url, tmp_path / "v.mp4", rid=rid, refresh=refresh, on_progress=expire_once)
+    videos = fake.requests_for("video", rid)
+    assert [r.status for r in videos] == [200, 403, 206]
+    assert all("Authorization" not in r.headers for r in videos)
+    assert all("Authorization" in r.headers for r in fake.requests_for("status", rid))
+
+
+# --- resuming from disk --------------------------------------------------------------------
+
+
+async def test_complete_part_is_finished_on_416(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A .part that already holds every byte (a crash before the rename) is finished when
+    the host answers 416 bytes */total, without downloading again."""
+    rid = fake.add_job(videos=[SIZE])
+    video = fake.jobs[rid].videos[0]
+    path = tmp_path / "v.mp4"
+    part_of(path).write_bytes(fake.video_bytes(rid))
+    meta_of(path).write_text(
+        json.dumps({"etag": video.etag, "last_modified": video.last_modified, "total": SIZE})
+    )
+    result = await fetch(session, await status_url(session, fake, rid), path, rid=rid)
+    assert_clean_success(result, path, fake.video_bytes(rid))
+    (request,) = fake.requests_for("video", rid)
+    assert (request.headers["Range"], request.status) == (f"bytes={SIZE}-", 416)
+
+
+async def test_part_without_sidecar_starts_over(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Bytes in .part that no sidecar ties to a response are not trusted: no Range is sent
+    and the file is the served bytes."""
+    rid = fake.add_job(videos=[SIZE])
+    path = tmp_path / "v.mp4"
+    part_of(path).write_bytes(b"garbage" * 1000)
+    result = await fetch(session, await status_url(session, fake, rid), path, rid=rid)
+    assert_clean_success(result, path, fake.video_bytes(rid))
+    (request,) = fake.requests_for("video", rid)
+    assert "Range" not in request.headers
+
+
+async def test_resume_from_an_earlier_process(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A .part and sidecar left by another process are resumed with Range, and the sha256
+    covers the kept prefix too."""
+    rid = fake.add_job(videos=[SIZE])
+    video = fake.jobs[rid].videos[0]
+    path = tmp_path / "v.mp4"
+    kept = 123_457
+    part_of(path).write_bytes(fake.video_bytes(rid)[:kept])
+    meta_of(path).write_text(json.dumps({"etag": video.etag, "last_modified": None, "total": SIZE}))
+    result = await fetch(session, await status_url(session, fake, rid), path, rid=rid)
+    assert_clean_success(result, path, fake.video_bytes(rid))
+    (request,) = fake.requests_for("video", rid)
+    assert request.headers["Range"] == f"bytes={kept}-"
+    assert request.status == 206
+
+
+async def test_changed_video_on_the_host_is_not_spliced(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """If the sidecar's validator no longer matches (If-Range fails), the host sends the
+    whole new body and the partial bytes are thrown away."""
+    rid = fake.add_job(videos=[SIZE])
+    path = tmp_path / "v.mp4"
+    part_of(path).write_bytes(b"\xff" * 1000)
+    meta_of(path).write_text(json.dumps({"etag": '"old"', "last_modified": None, "total": SIZE}))
+    result = await fetch(session, await status_url(session, fake, rid), path, rid=rid)
+    assert_clean_success(result, path, fake.video_bytes(rid))
+    (request,) = fake.requests_for("video", rid)
+    assert (request.headers["If-Range"], request.status) == ('"old"', 200)
+
+
+async def test_wrong_content_range_starts_over(tmp_path: Path) -> None:
+    """A 206 that does not continue at the kept offset is never spliced in: the partial is
+    dropped and the whole file is fetched again."""
+    body = os.urandom(50_000)
+    seen: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Range"))
+        headers = {"ETag": '"e"'}
+        if "Range" in request.headers:
+            # Exactly as many bytes as are missing, but from byte 0: the length adds up,
+            # the content would be a splice.
+            missing = len(body) - 1000
+            headers["Content-Range"] = f"bytes 0-{missing - 1}/{len(body)}"
+            return web.Response(status=206, body=body[:missing], headers=headers)
+        return web.Response(body=body, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/v.mp4", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    path = tmp_path / "v.mp4"
+    part_of(path).write_bytes(body[:1000])
+    meta_of(path).write_text(json.dumps({"etag": '"e"', "last_modified": None, "total": 50_000}))
+    try:
+        async with aiohttp.ClientSession() as session:
+            result = await fetch(session, f"http://127.0.0.1:{port}/v.mp4?sig=1", path)
+    finally:
+        await runner.cleanup()
+    assert_clean_success(result, path, body)
+    assert seen == ["bytes=1000-", None]
+
+
+# --- cancellation and concurrency ----------------------------------------------------------
+
+
+async def test_cancel_keeps_part_and_a_rerun_resumes(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Cancelling mid-transfer keeps .part and sidecar, leaves no final file, releases the
+    lock; a second call resumes with Range and completes byte for byte."""
+    rid = fake.add_job(videos=[SIZE])
+    fake.add_fault("video", SlowBody(1 * MIB))
+    path = tmp_path / "v.mp4"
+    url = await status_url(session, fake, rid)
+    halfway = asyncio.Event()
+
+    def progress(done: int, total: int | None) -> None:
+        if done >= 128 * KIB:
+            halfway.set()
+
+    task = asyncio.create_task(fetch(session, url, path, rid=rid, on_progress=progress))
+    await asyncio.wait_for(halfway.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not path.exists()
+    kept = part_of(path).stat().st_size
+    assert 128 * KIB <= kept < SIZE
+    assert meta_of(path).exists()
+
+    result = await asyncio.wait_for(fetch(session, url, path, rid=rid), 5)
+    assert_clean_success(result, path, fake.video_bytes(rid))
+    assert fake.requests_for("video", rid)[-1].headers["Range"] == f"bytes={kept}-"
+
+
+async def test_two_workers_on_one_path_give_one_correct_file(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Two concurrent downloads to the same path (two workers) end with one complete,
+    correct file: one downloads under the lock, the other waits and reuses it."""
+    rid = fake.add_job(videos=[SIZE])
+    fake.add_fault("video", SlowBody(4 * MIB))
+    path = tmp_path / "v.mp4"
+    url = await status_url(session, fake, rid)
+    async with aiohttp.ClientSession() as other:
+        a, b = await asyncio.gather(
+            fetch(session, url, path, rid=rid), fetch(other, url, path, rid=rid)
+        )
+    expected = fake.video_bytes(rid)
+    assert path.read_bytes() == expected
+    assert sorted([a.reused, b.reused]) == [False, True]
+    assert a.sha256 == b.sha256 == hashlib.sha256(expected).hexdigest()
+    assert len(fake.requests_for("video", rid)) == 1
+    assert not part_of(path).exists()
+    assert not meta_of(path).exists()
+
+
+# --- memory --------------------------------------------------------------------------------
+
+
+async def test_memory_stays_flat_for_64_mib(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Downloading 64 MiB never holds more than about the write buffer in memory: the
+    peak of traced allocations stays under 3 x write_buffer."""
+    size = 64 * MIB
+    rid = fake.add_job(videos=[size, 256 * KIB])
+    policy = DownloadPolicy(chunk_size=64 * KIB, write_buffer=2 * MIB, base_delay=0.001)
+    expected = fake.video_sha256(rid)  # also builds the fake's content block up front
+    url = await status_url(session, fake, rid)
+    # Warm up connection pools, thread pool and imports outside the measurement.
+    await fetch(session, await status_url(session, fake, rid, 1), tmp_path / "w.mp4")
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        result = await fetch(session, url, tmp_path / "big.mp4", rid=rid, policy=policy)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.size == size
+    assert result.sha256 == expected
+    assert peak < 3 * policy.write_buffer, f"peak {peak / MIB:.1f} MiB"
+
+
+# --- disk errors ---------------------------------------------------------------------------
+
+
+async def test_disk_full_from_the_write_seam(
+    fake: FakeSiliconFlow,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ENOSPC while writing becomes a DownloadError saying the disk is full, chained from
+    the OSError, not retried, and nothing under the final name."""
+    rid = fake.add_job(videos=[SIZE])
+
+    async def full(file: Any, data: memoryview) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_download, "_write_all", full)
+    path = tmp_path / "v.mp4"
+    with pytest.raises(DownloadError, match="disk full while writing") as info:
+        await fetch(session, await status_url(session, fake, rid), path, rid=rid)
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.__cause__.errno == errno.ENOSPC
+    assert len(fake.requests_for("video", rid)) == 1
+    assert not path.exists()
+
+
+async def test_no_permission_from_the_write_seam(
+    fake: FakeSiliconFlow,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """EACCES injected at the write seam becomes "no permission to write in <folder>"."""
+    rid = fake.add_job(videos=[SIZE])
+
+    async def refused(file: Any, data: memoryview) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(_download, "_write_all", refused)
+    with pytest.raises(DownloadError, match=f"no permission to write in {tmp_path}"):
+        await fetch(session, await status_url(session, fake, rid), tmp_path / "v.mp4", rid=rid)
+
+
+async def test_immutable_folder_is_a_clear_error(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A folder nobody may write in (chattr +i, which stops root too) gives "no permission
+    to write in <folder>" from the real os.open, and no request is made."""
+    rid = fake.add_job(videos=[SIZE])
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    chattr = shutil.which("chattr")
+    if chattr is None or await run(chattr, "+i", str(folder)):
+        pytest.skip("chattr +i is not available on this file system")
+    try:
+        with pytest.raises(DownloadError, match=f"no permission to write in {folder}") as info:
+            await fetch(session, await status_url(session, fake, rid), folder / "v.mp4", rid=rid)
+    finally:
+        assert await run(chattr, "-i", str(folder)) == 0
+    assert isinstance(info.value.__cause__, PermissionError)
+    assert fake.requests_for("video", rid) == []
+
+
+async def test_folder_under_a_file_is_a_clear_error(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A destination below a regular file (real ENOTDIR/EEXIST from mkdir) is a
+    DownloadError naming the folder."""
+    rid = fake.add_job(videos=[SIZE])
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    path = blocker / "sub" / "v.mp4"
+    with pytest.raises(DownloadError, match="destination folder") as info:
+        await fetch(session, await status_url(session, fake, rid), path, rid=rid)
+    assert isinstance(info.value.__cause__, OSError)
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Any:
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+        check=False,
+        capture_output=True,
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount a 1 MiB tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+async def test_real_full_disk_is_a_clear_error(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tiny_tmpfs: Path
+) -> None:
+    """Writing 2 MiB into a real 1 MiB tmpfs gives "disk full while writing", with the
+    OSError chained, and nothing under the final name."""
+    rid = fake.add_job(videos=[2 * MIB])
+    path = tiny_tmpfs / "v.mp4"
+    with pytest.raises(DownloadError, match="disk full while writing") as info:
+        await fetch(session, await status_url(session, fake, rid), path, rid=rid)
+    assert isinstance(info.value.__cause__, OSError)
+    assert not path.exists()
+    assert len(fake.requests_for("video", rid)) == 1
+
+
+def test_redact_url_drops_the_query() -> None:
+    """Only scheme://host/path of a signed URL is ever shown."""
+    url = "https://user:pw@bucket.example.com:8443/v/a.mp4?Expires=1&Signature=abc#x"
+    assert redact_url(url) == "https://bucket.example.com:8443/v/a.mp4"
+    assert redact_url("http://[::1]:80/x?Signature=s") == "http://[::1]:80/x"
