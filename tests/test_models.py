@@ -1,0 +1,119 @@
+"""Status bodies: the documented shape parses, anything else is a MalformedResponseError."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from siliconflow_video import MalformedResponseError, Status, VideoStatus
+from siliconflow_video._http import parse_retry_after
+from siliconflow_video._models import parse_status
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=30,
+)
+
+status_like = st.fixed_dictionaries(
+    {"status": st.sampled_from(["InQueue", "InProgress", "Succeed", "Failed", "Paused", 3])},
+    optional={
+        "reason": json_values,
+        "results": st.none()
+        | st.fixed_dictionaries(
+            {},
+            optional={
+                "videos": st.none() | st.lists(st.fixed_dictionaries({"url": json_values})),
+                "timings": json_values,
+                "seed": json_values,
+            },
+        )
+        | json_values,
+        "position": json_values,
+    },
+)
+
+
+@given(json_values)
+def test_any_json_gives_a_status_or_malformed(value: object) -> None:
+    """Any JSON document as a status body parses or raises MalformedResponseError, nothing else."""
+    try:
+        assert isinstance(parse_status(json.dumps(value).encode(), "rid"), VideoStatus)
+    except MalformedResponseError as exc:
+        assert exc.field.startswith("$")
+
+
+@given(status_like)
+def test_near_miss_bodies_give_a_status_or_malformed(value: dict[str, object]) -> None:
+    """Bodies close to the documented shape never raise anything but MalformedResponseError."""
+    try:
+        status = parse_status(json.dumps(value).encode(), "rid")
+    except MalformedResponseError as exc:
+        assert exc.field.startswith("$")
+    else:
+        assert status.status in set(Status)
+        assert all(isinstance(u, str) for u in status.urls)
+
+
+@given(st.binary())
+def test_any_bytes_give_a_status_or_malformed(body: bytes) -> None:
+    """Arbitrary bytes as a status body never escape as another exception."""
+    try:
+        parse_status(body, "rid")
+    except MalformedResponseError:
+        pass
+
+
+def test_deeply_nested_json_is_malformed_not_a_crash() -> None:
+    """A body nested deeper than the JSON parser's recursion limit is just malformed."""
+    with pytest.raises(MalformedResponseError):
+        parse_status(b"[" * 100_000 + b"]" * 100_000, "rid")
+
+
+def test_unknown_keys_are_ignored_and_status_compares_to_strings() -> None:
+    """Extra keys are ignored, and Status members equal the API's strings."""
+    status = parse_status(b'{"status": "InProgress", "position": 3, "extra": {}}', "rid")
+    assert status.status == "InProgress"
+    assert status.status is Status.IN_PROGRESS
+    assert not status.is_terminal
+
+
+def test_success_without_urls_is_malformed() -> None:
+    """A Succeed that lists no video is asked again, never taken as done with no files."""
+    with pytest.raises(MalformedResponseError) as caught:
+        parse_status(b'{"status": "Succeed", "results": {"videos": []}}', "rid")
+    assert caught.value.field == "$.results.videos"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("3", 3.0),
+        ("0.5", 0.5),
+        ("-4", 0.0),
+        ("soon", None),
+        ("nan", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past: go now
+        ("Thu, 01 Jan 1970 00:00:10 GMT", 0.0),
+    ],
+)
+def test_retry_after_parsing(header: str | None, expected: float | None) -> None:
+    """Retry-After is read as seconds or an HTTP-date; junk is ignored, never negative."""
+    assert parse_retry_after(header) == expected
+
+
+def test_retry_after_date_in_the_future() -> None:
+    """An HTTP-date Retry-After counts from now."""
+    assert parse_retry_after("Thu, 01 Jan 1970 00:01:40 GMT", now=40.0) == 60.0
+
+
+@given(st.text())
+def test_retry_after_never_crashes(header: str) -> None:
+    """Any header text gives None or a finite non-negative delay."""
+    value = parse_retry_after(header)
+    assert value is None or value >= 0
