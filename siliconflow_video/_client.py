@@ -7,7 +7,7 @@ import base64
 import functools
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -286,7 +286,7 @@ class AsyncClient:
         *,
         timeout: float | None,
         listener: Callable[[str], StatusListener | None] | None,
-    ) -> AsyncIterator[WaitResult]:
+    ) -> AsyncGenerator[WaitResult, None]:
         self._api()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout

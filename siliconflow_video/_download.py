@@ -393,6 +393,10 @@ def _write_sidecar(meta: Path, validator: _Validator) -> None:
 class _Retry(Exception):
     """A failure worth another try; the bytes on disk are kept and the next try resumes."""
 
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 class _Expired(Exception):
     """The host answered as it does for an expired URL."""
@@ -459,7 +463,8 @@ class _Transfer:
                 except _Retry as exc:
                     raise self.ctx.error(
                         f"gave up downloading {redact_url(self.ctx.url)} after "
-                        f"{self.policy.max_attempts} tries: {exc}; {self._kept()}"
+                        f"{self.policy.max_attempts} tries: {exc}; {self._kept()}",
+                        status_code=exc.status,
                     ) from exc
             return await self._finish()
 
@@ -586,7 +591,7 @@ class _Transfer:
                 status_code=status,
             )
         elif status == 429 or status >= 500:
-            raise _Retry(f"the video host answered HTTP {status}")
+            raise _Retry(f"the video host answered HTTP {status}", status=status)
         else:
             detail, _ = await _error_detail(resp)
             raise self.ctx.error(
