@@ -437,6 +437,7 @@ class _Transfer:
         self.done = 0  # bytes in .part, all of them hashed
         self.hasher = hashlib.sha256()
         self.refreshes = 0
+        self.same_url_retried = False
         self.buffer = _Buffer(policy.write_buffer, policy.chunk_size)
 
     async def run(self) -> VideoFile:
@@ -705,7 +706,10 @@ class _Transfer:
         if not fresh:
             self._fail_expired(expired, "/video/status gave no fresh URL")
         if fresh == self.ctx.url:
-            self._fail_expired(expired, "/video/status gave the same URL again")
+            if self.same_url_retried:
+                self._fail_expired(expired, "/video/status gave the same URL again")
+            # A 403 can be a passing fault at the host: the same URL gets one more try.
+            self.same_url_retried = True
         self.ctx.url = fresh
 
     def _fail_expired(self, expired: _Expired, why: str) -> NoReturn:

@@ -440,8 +440,9 @@ async def test_400_saying_expired_is_treated_as_expiry(
 async def test_no_fresh_url_raises_expired_and_keeps_part(
     fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path, answer: str | None
 ) -> None:
-    """With no fresh URL (None, or the same one again) the error says the URL expired, that
-    URLs last one hour and no fresh one came, and the partial bytes stay in .part."""
+    """With no fresh URL (None, or the same one again, tried once more in case the 403 was a
+    passing fault) the error says the URL expired, that URLs last one hour and no fresh one
+    came, and the partial bytes stay in .part."""
     rid = fake.add_job(videos=[SIZE])
     fake.add_fault("video", DropMidBody(256 * KIB))
     url = await status_url(session, fake, rid)
@@ -465,7 +466,7 @@ async def test_no_fresh_url_raises_expired_and_keeps_part(
     assert rid in message
     assert_no_credentials(message)
     assert info.value.status_code == 403
-    assert refresh.calls == 1
+    assert refresh.calls == (2 if answer == "same" else 1)
     assert not path.exists()
     kept = part_of(path).read_bytes()
     assert 0 < len(kept) < SIZE
