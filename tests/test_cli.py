@@ -1,0 +1,623 @@
+"""The ``siliconflow-video`` command line, run as a subprocess against the fake server.
+
+The fake serves from a background thread of the test process; every command runs as
+``python -m siliconflow_video ...`` with the key and base URL in its environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pty
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from siliconflow_video.testing import FakeSiliconFlow, SlowBody
+
+KEY = "sk-cli-test-8f3a1c77e2d94b0bb1a6"
+MiB = 1024 * 1024
+DOWNLOAD_KEYS = {"request_id", "status", "reason", "paths", "sha256", "error"}
+WAIT_KEYS = DOWNLOAD_KEYS | {"urls"}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeSiliconFlow]:
+    fake = FakeSiliconFlow(api_key=KEY, seed=7)
+    with fake.run_in_thread():
+        yield fake
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SILICONFLOW_")}
+    env.pop("COLUMNS", None)
+    env.update(extra)
+    return env
+
+
+def env_for(fake: FakeSiliconFlow, **extra: str) -> dict[str, str]:
+    settings = {"SILICONFLOW_API_KEY": KEY, "SILICONFLOW_BASE_URL": fake.base_url}
+    return base_env(**{**settings, **extra})
+
+
+def cli(
+    *args: str,
+    env: dict[str, str],
+    stdin: str | None = None,
+    timeout: float = 30,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "siliconflow_video", *args],
+        env=env,
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_clean(proc: subprocess.CompletedProcess[str]) -> None:
+    """No traceback and no key anywhere in what the command printed."""
+    for text in (proc.stdout, proc.stderr):
+        assert "Traceback" not in text, proc.stderr
+        assert KEY not in text
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def json_lines(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def sha256_of(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, *options: str) -> Iterator[Path]:
+    path.mkdir()
+    opts = ",".join(("size=1m", *options))
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True
+        )
+    except OSError:
+        pytest.skip("no mount command")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+# --- download ---------------------------------------------------------------------------------
+
+
+def test_download_saves_every_video_and_exits_0(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """download: every video of every id lands whole under its final name; one line per id."""
+    a = server.add_job(videos=[3000, 5000])
+    b = server.add_job(videos=[70_000])
+    proc = cli("download", a, b, "-o", str(tmp_path / "out"), env=env_for(server))
+    assert proc.returncode == 0, proc.stderr
+    assert_clean(proc)
+    lines = proc.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [a, b]
+    assert all(line.split()[1] == "Succeed" for line in lines)
+    for rid, count in ((a, 2), (b, 1)):
+        for i in range(count):
+            path = tmp_path / "out" / f"{rid}_{i}.mp4"
+            assert sha256_of(path) == server.video_sha256(rid, i)
+            assert str(path) in proc.stdout
+    assert not list((tmp_path / "out").glob("*.part*"))
+
+
+def test_download_json_lines_shape_and_exit_1(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """download --json: one object per id in the order given, with the documented keys;
+    a failed job and an unknown id make exit 1 after the good id is downloaded."""
+    failed = server.add_job(outcome="Failed", reason="content moderation")
+    good = server.add_job(videos=[4096])
+    proc = cli(
+        "download", failed, "unknown-id", good, "-o", str(tmp_path), "--json", env=env_for(server)
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert_clean(proc)
+    rows = json_lines(proc.stdout)
+    assert [r["request_id"] for r in rows] == [failed, "unknown-id", good]
+    assert all(set(r) == DOWNLOAD_KEYS for r in rows)
+    bad, unknown, ok = rows
+    assert bad["status"] == "Failed"
+    assert bad["reason"] == "content moderation"
+    assert bad["error"] == {"type": "JobFailedError", "message": bad["error"]["message"]}
+    assert bad["paths"] == []
+    assert bad["sha256"] == []
+    assert unknown["status"] is None
+    assert unknown["error"]["type"] == "BadRequestError"
+    assert ok["status"] == "Succeed"
+    assert ok["reason"] is None
+    assert ok["error"] is None
+    assert ok["paths"] == [str(tmp_path / f"{good}_0.mp4")]
+    assert ok["sha256"] == [server.video_sha256(good)] == [sha256_of(ok["paths"][0])]
+    # One clear line per problem on stderr, saying what to do.
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 2
+    assert all(" — " in line for line in errors)
+
+
+def test_ids_come_from_a_file_and_from_stdin(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """--from-file FILE and '-' read ids one per line (blank lines and # comments skipped)."""
+    a, b, c = (server.add_job(videos=[1000]) for _ in range(3))
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text(f"# my jobs\n{a}\n\n  {b}  \n")
+    proc = cli(
+        "download",
+        "--from-file",
+        str(ids_file),
+        "-",
+        "-o",
+        str(tmp_path / "v"),
+        "--json",
+        env=env_for(server),
+        stdin=f"{c}\n{a}\n",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [r["request_id"] for r in json_lines(proc.stdout)] == [c, a, b]
+    proc = cli("status", "--from-file", "-", "--json", env=env_for(server), stdin=f"{b}\n")
+    assert proc.returncode == 0, proc.stderr
+    assert [r["request_id"] for r in json_lines(proc.stdout)] == [b]
+
+
+def test_concurrency_and_timeout_options(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """download --timeout ends the wait for a job that runs too long (exit 1, WaitTimeoutError)
+    while --concurrency/--max-requests are accepted and the other id is downloaded."""
+    slow = server.add_job(queue_seconds=60)
+    fast = server.add_job(videos=[2000])
+    proc = cli(
+        "download",
+        slow,
+        fast,
+        "-o",
+        str(tmp_path),
+        "--timeout",
+        "1",
+        "--concurrency",
+        "1",
+        "--max-requests",
+        "2",
+        "--json",
+        env=env_for(server),
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert_clean(proc)
+    late, done = json_lines(proc.stdout)
+    assert late["status"] == "InQueue"
+    assert late["error"]["type"] == "WaitTimeoutError"
+    assert done["error"] is None
+    assert len(done["paths"]) == 1
+
+
+# --- status, wait, submit -------------------------------------------------------------------------
+
+
+def test_status_gives_every_id_its_line(server: FakeSiliconFlow) -> None:
+    """status: each id gets its line even when another id errors; exit 1 if any errored."""
+    running = server.add_job(queue_seconds=60)
+    done = server.add_job(videos=[1000, 1000])
+    proc = cli("status", running, "no-such-id", done, "--json", env=env_for(server))
+    assert proc.returncode == 1
+    assert_clean(proc)
+    rows = json_lines(proc.stdout)
+    assert [r["request_id"] for r in rows] == [running, "no-such-id", done]
+    assert all(set(r) == WAIT_KEYS for r in rows)
+    assert rows[0]["status"] == "InQueue"
+    assert rows[0]["error"] is None
+    assert rows[0]["urls"] == []
+    assert rows[1]["error"]["type"] == "BadRequestError"
+    assert rows[2]["status"] == "Succeed"
+    assert len(rows[2]["urls"]) == 2
+    assert rows[2]["paths"] == []
+    assert rows[2]["sha256"] == []
+    human = cli("status", running, done, env=env_for(server))
+    assert human.returncode == 0
+    assert [line.split()[:2] for line in human.stdout.splitlines()] == [
+        [running, "InQueue"],
+        [done, "Succeed"],
+    ]
+
+
+def test_wait_prints_urls_without_downloading(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """wait: waits for the jobs and prints their URLs; nothing is downloaded."""
+    rid = server.add_job(queue_seconds=0.2, run_seconds=0.2, videos=[1000])
+    proc = cli("wait", rid, "--json", env=env_for(server))
+    assert proc.returncode == 0, proc.stderr
+    assert_clean(proc)
+    (row,) = json_lines(proc.stdout)
+    assert set(row) == WAIT_KEYS
+    assert row["status"] == "Succeed"
+    assert len(row["urls"]) == 1
+    assert f"/{rid}/0/" in row["urls"][0]
+    assert not server.requests_for("video", rid)
+    failed = server.add_job(outcome="Failed", reason="nsfw")
+    proc = cli("wait", failed, env=env_for(server))
+    assert proc.returncode == 1
+    assert "reason: nsfw" in proc.stdout
+
+
+def test_submit_prints_the_request_id(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """submit prints the requestId; with --download it also waits and saves the video."""
+    image = tmp_path / "frame.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 32)
+    proc = cli(
+        "submit",
+        "--model",
+        "Wan-AI/Wan2.2-I2V-A14B",
+        "--prompt",
+        "a cat",
+        "--image",
+        str(image),
+        "--seed",
+        "7",
+        "--image-size",
+        "960x960",
+        env=env_for(server),
+    )
+    assert proc.returncode == 0, proc.stderr
+    rid = proc.stdout.strip()
+    body = server.jobs[rid].submitted
+    assert body is not None
+    assert body["prompt"] == "a cat"
+    assert body["seed"] == 7
+    assert str(body["image"]).startswith("data:image/png;base64,")
+    assert body["image_size"] == "960x960"
+
+    proc = cli(
+        "submit",
+        "--model",
+        "m",
+        "--prompt",
+        "p",
+        "--download",
+        str(tmp_path / "v"),
+        "--json",
+        env=env_for(server),
+    )
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json_lines(proc.stdout)
+    assert set(row) == DOWNLOAD_KEYS
+    assert row["error"] is None
+    assert row["sha256"] == [server.video_sha256(str(row["request_id"]))]
+
+    bad = cli("submit", "--model", "m", "--prompt", "p", "--image-size", "1x1", env=env_for(server))
+    assert bad.returncode == 1
+    assert_clean(bad)
+    assert error_lines(bad.stderr)[0].startswith("error: the API rejected the request")
+
+
+# --- exit codes and errors ---------------------------------------------------------------------
+
+
+def test_missing_key_is_a_usage_error(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """No key: exit 2 with one line naming SILICONFLOW_API_KEY, for every command."""
+    env = base_env(SILICONFLOW_BASE_URL=server.base_url)
+    for args in (
+        ("download", "abc", "-o", str(tmp_path)),
+        ("status", "abc"),
+        ("wait", "abc"),
+        ("submit", "--model", "m", "--prompt", "p"),
+    ):
+        proc = cli(*args, env=env)
+        assert proc.returncode == 2, args
+        assert_clean(proc)
+        (line,) = error_lines(proc.stderr)
+        assert "SILICONFLOW_API_KEY" in line
+
+
+def test_usage_errors_exit_2(server: FakeSiliconFlow) -> None:
+    """Bad command lines exit 2 without a traceback; --help exits 0."""
+    env = env_for(server)
+    for args in (
+        ("download",),
+        ("frobnicate",),
+        ("download", "abc", "--concurrency", "0"),
+        ("wait", "abc", "--timeout", "soon"),
+        ("submit", "--prompt", "p"),
+        ("status", "--from-file", "/no/such/file"),
+    ):
+        proc = cli(*args, env=env)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert_clean(proc)
+    bad_url = cli("status", "abc", env=env_for(server, SILICONFLOW_BASE_URL="ftp://x"))
+    assert bad_url.returncode == 2
+    assert_clean(bad_url)
+    assert cli("--help", env=env).returncode == 0
+
+
+def test_wrong_key_gives_one_clear_line(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """A rejected key: exit 2 and one line about HTTP 401 and SILICONFLOW_API_KEY."""
+    rid = server.add_job()
+    env = env_for(server, SILICONFLOW_API_KEY="sk-wrong")
+    for args in (("download", rid, "-o", str(tmp_path)), ("status", rid), ("wait", rid)):
+        proc = cli(*args, env=env)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert_clean(proc)
+        (line,) = error_lines(proc.stderr)
+        assert "401" in line
+        assert "SILICONFLOW_API_KEY" in line
+        assert ".cn vs .com" in line
+
+
+def test_network_down_gives_one_clear_line(tmp_path: Path) -> None:
+    """No server at the base URL: exit 1 and one 'cannot reach' line, for every command."""
+    url = closed_port_url()
+    env = base_env(SILICONFLOW_API_KEY=KEY, SILICONFLOW_BASE_URL=url)
+    commands = [
+        ("download", "abc", "-o", str(tmp_path)),
+        ("status", "abc", "def"),
+        ("wait", "abc"),
+        ("submit", "--model", "m", "--prompt", "p"),
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "siliconflow_video", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        for args in commands
+    ]
+    for args, proc in zip(commands, procs, strict=True):
+        out, err = proc.communicate(timeout=30)
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        assert done.returncode == 1, (args, err)
+        assert_clean(done)
+        (line,) = error_lines(err)
+        assert line == f"error: cannot reach {url} — check your network or --base-url"
+
+
+def test_unknown_id_gives_one_clear_line(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """An id the API does not know: exit 1 and one line that names it."""
+    for args in (("download", "zz-unknown", "-o", str(tmp_path)), ("wait", "zz-unknown")):
+        proc = cli(*args, env=env_for(server))
+        assert proc.returncode == 1
+        assert_clean(proc)
+        (line,) = error_lines(proc.stderr)
+        assert "'zz-unknown'" in line
+        assert "HTTP 400, code 20012" in line
+
+
+def test_destination_that_is_a_file(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """-o naming an existing file: exit 1 and one line, before any waiting."""
+    rid = server.add_job()
+    target = tmp_path / "not-a-folder"
+    target.write_text("x")
+    proc = cli("download", rid, "-o", str(target), env=env_for(server))
+    assert proc.returncode == 1
+    assert_clean(proc)
+    (line,) = error_lines(proc.stderr)
+    assert str(target) in line
+    assert "destination folder" in line
+    assert not server.requests_for("video", rid)
+
+
+def test_disk_full(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """A 2 MiB video into a 1 MiB tmpfs: exit 1, one 'disk full' line, no final file."""
+    rid = server.add_job(videos=[2 * MiB])
+    with small_tmpfs(tmp_path / "small") as small:
+        proc = cli("download", rid, "-o", str(small), env=env_for(server))
+        assert proc.returncode == 1
+        assert_clean(proc)
+        (line,) = error_lines(proc.stderr)
+        assert "disk full" in line
+        assert not (small / f"{rid}_0.mp4").exists()
+
+
+def test_folder_without_write_permission(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """A folder that cannot be written: exit 1 and one line (read-only mount as root)."""
+    rid = server.add_job()
+    if os.geteuid() == 0:
+        ctx: contextlib.AbstractContextManager[Path] = small_tmpfs(tmp_path / "ro", "ro")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        ctx = contextlib.nullcontext(locked)
+    with ctx as folder:
+        proc = cli("download", rid, "-o", str(folder), env=env_for(server))
+    assert proc.returncode == 1
+    assert_clean(proc)
+    (line,) = error_lines(proc.stderr)
+    assert str(folder) in line
+
+
+def test_key_never_printed_at_verbose(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """-v shows debug logs, yet the key appears nowhere, even given with --api-key."""
+    rid = server.add_job(videos=[1000])
+    env = env_for(server)
+    no_key_env = base_env(SILICONFLOW_BASE_URL=server.base_url)
+    runs = [
+        cli("-v", "download", rid, "-o", str(tmp_path), env=env),
+        cli("status", rid, "-v", "--json", env=env),
+        cli("-v", "wait", rid, env=env),
+        cli("-v", "--api-key", KEY, "status", rid, env=no_key_env),
+        cli("-v", "submit", "--model", "m", "--prompt", "p", env=env),
+        cli("-v", "status", rid, env=env_for(server, SILICONFLOW_API_KEY=KEY + "x")),
+    ]
+    for proc in runs:
+        assert_clean(proc)
+    assert "DEBUG" in runs[0].stderr
+    assert "POST /video/status" in runs[0].stderr
+    assert [p.returncode for p in runs] == [0, 0, 0, 0, 0, 2]
+
+
+def test_unexpected_error_is_one_line_and_traceback_only_at_verbose(
+    server: FakeSiliconFlow,
+) -> None:
+    """A bug gives one 'unexpected' line (exit 1); its traceback only at -v, redacted."""
+    script = (
+        "import sys, siliconflow_video._cli as c\n"
+        "async def boom(self):\n"
+        f"    raise RuntimeError('kaput {KEY}')\n"
+        "c.Cli.status = boom\n"
+        "raise SystemExit(c.main(sys.argv[1:]))\n"
+    )
+    env = env_for(server)
+    for verbose in (False, True):
+        args = ["-v"] if verbose else []
+        proc = subprocess.run(
+            [sys.executable, "-c", script, *args, "status", "abc"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert proc.returncode == 1
+        assert KEY not in proc.stdout + proc.stderr
+        (line,) = error_lines(proc.stderr)
+        assert line == (
+            "error: unexpected RuntimeError: kaput *** — please report this "
+            "(run with -v for details)"
+        )
+        assert ("Traceback" in proc.stderr) is verbose
+
+
+def test_ctrl_c_keeps_the_partial_download(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """SIGINT mid-download: exit 130, one line, a .part kept, no final file; a rerun resumes."""
+    rid = server.add_job(videos=[6 * MiB])
+    server.add_fault("video", SlowBody(bytes_per_second=1 * MiB), request_id=rid)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "siliconflow_video", "download", rid, "-o", str(tmp_path)],
+        env=env_for(server),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    watchdog = threading.Timer(20, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:  # plain progress lines: stderr is not a terminal
+            seen.append(line)
+            if f"{rid}: video 0:" in line:  # bytes are on disk
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        watchdog.cancel()
+    assert proc.returncode == 130, "".join(seen) + err
+    assert "Traceback" not in err
+    assert out == ""
+    assert err.strip().endswith(
+        "interrupted — partial downloads are kept and will resume on the next run"
+    )
+    final = tmp_path / f"{rid}_0.mp4"
+    part = tmp_path / f"{rid}_0.mp4.part"
+    assert not final.exists()
+    kept = part.stat().st_size
+    assert 0 < kept < 6 * MiB
+
+    again = cli("download", rid, "-o", str(tmp_path), env=env_for(server))
+    assert again.returncode == 0, again.stderr
+    assert sha256_of(final) == server.video_sha256(rid)
+    ranges = [r.headers.get("Range") for r in server.requests_for("video", rid)]
+    assert ranges[-1] == f"bytes={kept}-"
+
+
+# --- demo, terminal, entry points --------------------------------------------------------------
+
+
+def test_demo_runs_with_no_key_and_no_network(tmp_path: Path) -> None:
+    """demo: no key in the environment (and a dead base URL), exit 0, three verified videos."""
+    env = base_env(SILICONFLOW_BASE_URL=closed_port_url())
+    started = time.monotonic()
+    proc = cli("demo", "-o", str(tmp_path / "demo"), env=env)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert elapsed < 15
+    listed = re.findall(r"^\s+(/\S+\.mp4)\s.*sha256 ([0-9a-f]{64})\s+verified$", proc.stdout, re.M)
+    assert len(listed) == 3
+    for path, digest in listed:
+        assert Path(path).parent == (tmp_path / "demo").resolve()
+        assert sha256_of(path) == digest
+        assert 1 * MiB < Path(path).stat().st_size < 10 * MiB
+    assert "SILICONFLOW_API_KEY" in proc.stdout  # the closing hint
+    assert "Succeed, downloading" in proc.stderr  # progress went to stderr
+
+
+def test_live_progress_bars_on_a_terminal(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """With stderr on a terminal, progress is rich live bars; stdout stays plain results."""
+    rid = server.add_job(queue_seconds=0.3, videos=[2 * MiB])
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "siliconflow_video", "download", rid, "-o", str(tmp_path)],
+        env=env_for(server, COLUMNS="100", TERM="xterm"),
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        stdin=subprocess.DEVNULL,
+    )
+    os.close(follower)
+    screen = bytearray()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            screen += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(leader)
+    assert proc.stdout is not None
+    out = proc.stdout.read().decode()
+    assert proc.wait(timeout=10) == 0
+    text = screen.decode("utf-8", "replace")
+    assert "━" in text
+    assert "\x1b[" in text
+    assert "all jobs" in text
+    assert "MiB" in text
+    assert out.split()[:2] == [rid, "Succeed"]
+    assert "\x1b" not in out
+
+
+def test_console_script_exit_codes(server: FakeSiliconFlow) -> None:
+    """The installed console script exits with the same codes as python -m."""
+    script = shutil.which("siliconflow-video", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("the console script is not installed in this environment")
+    rid = server.add_job()
+
+    def run(args: Sequence[str], env: dict[str, str]) -> int:
+        return subprocess.run([script, *args], env=env, capture_output=True).returncode
+
+    assert run(["status", rid], env_for(server)) == 0
+    assert run(["status", "unknown"], env_for(server)) == 1
+    assert run(["status", rid], base_env()) == 2
