@@ -153,6 +153,7 @@ def with_retries(
         giveup=lambda exc: not retry_if(exc),
         jitter=None,  # the jitter is in _retry_waits, where it cannot shorten a Retry-After
         on_backoff=log_retry,
+        logger=None,  # backoff's own INFO/ERROR lines would repeat ours, even for a 400
     )(attempt)
     return retrying()
 
@@ -182,6 +183,9 @@ class APITransport:
         self._slots = asyncio.Semaphore(max_concurrent_requests)
         self.governor = governor
         self.in_flight = 0
+        #: Whether any HTTP answer ever came: until one does, "cannot connect" is more
+        #: likely a wrong base URL than an outage.
+        self.ever_answered = False
 
     def __repr__(self) -> str:
         return f"<APITransport {self._base_url}>"
@@ -218,6 +222,7 @@ class APITransport:
         logger.debug(
             "POST %s %s -> %d in %.3fs", path, request_id or "", status, time.monotonic() - started
         )
+        self.ever_answered = True
         if status == 429:
             error = status_error(status, headers, body, request_id=request_id)
             self.governor.on_rate_limited(error.retry_after)
