@@ -152,6 +152,7 @@ class AsyncClient:
         self._transport: APITransport | None = None
         self._poller = Poller(
             self._status_once,
+            reachable=lambda: self._transport is not None and self._transport.ever_answered,
             policy=self.poll_policy,
             retry=retry,
             max_in_flight=max_concurrent_requests,

@@ -9,7 +9,9 @@ Per job, polls are spaced from ``interval`` growing by ``growth`` up to ``max_in
 each jittered so that jobs started together drift apart. A transient failure (429, 5xx,
 reset, malformed body) only delays that job's next poll, by at least the exponential backoff
 of its failure streak (and any ``Retry-After``); a permanent one (400, 401, 403, 404) ends
-its waiters at once with the typed error.
+its waiters at once with the typed error. One exception: while the client has never had any
+answer from the API, failing to connect ends the wait after the retry budget, since a wrong
+base URL would otherwise be polled forever.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import random
 from collections.abc import Awaitable, Callable
 
 from ._config import PollPolicy, RetryPolicy
-from ._exceptions import APIError, SiliconFlowError
+from ._exceptions import APIConnectionError, APIError, SiliconFlowError
 from ._http import backoff_delay, is_transient
 from ._logging import logger
 from ._models import VideoStatus
@@ -49,11 +51,13 @@ class Poller:
         self,
         fetch: Callable[[str], Awaitable[VideoStatus]],
         *,
+        reachable: Callable[[], bool] = lambda: True,
         policy: PollPolicy,
         retry: RetryPolicy,
         max_in_flight: int,
     ) -> None:
         self._fetch = fetch
+        self._reachable = reachable
         self._policy = policy
         self._retry = retry
         self._jobs: dict[str, _Job] = {}
@@ -142,10 +146,10 @@ class Poller:
         try:
             status = await self._fetch(job.request_id)
         except APIError as exc:
-            if not is_transient(exc):
+            job.failures += 1
+            if not is_transient(exc) or self._never_reached(exc, job):
                 self._finish(job, error=exc)
                 return
-            job.failures += 1
             delay = max(
                 job.interval,
                 backoff_delay(job.failures, self._retry.base_delay, self._retry.max_delay),
@@ -177,6 +181,17 @@ class Poller:
         job.interval = min(policy.max_interval, job.interval * policy.growth)
         if job.active:
             self._schedule(job, loop.time() + delay)
+
+    def _never_reached(self, exc: APIError, job: _Job) -> bool:
+        """A connection that was never made, by a client that never got any answer, is more
+        likely a wrong base URL or no network than an outage: give up after the retry
+        budget instead of polling forever. Once the API has answered, outages are waited out."""
+        return (
+            isinstance(exc, APIConnectionError)
+            and not exc.maybe_processed
+            and not self._reachable()
+            and job.failures >= self._retry.max_attempts
+        )
 
     def _finish(
         self, job: _Job, *, status: VideoStatus | None = None, error: BaseException | None = None

@@ -490,3 +490,27 @@ async def test_malformed_body_names_the_field(fake: FakeSiliconFlow, client: Asy
             await one.get_status(rid)
     assert caught.value.field == "$.results.videos[0].url"
     assert '"status": "Succeed"' in caught.value.excerpt
+
+
+async def test_wait_gives_up_on_an_api_it_never_reached() -> None:
+    """A wait on a base URL nothing listens on fails with APIConnectionError, not forever."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again when the block ends: nothing listens
+    async with AsyncClient("k", f"http://127.0.0.1:{port}/v1", retry=FAST_RETRY) as client:
+        with pytest.raises(sv.APIConnectionError) as caught:
+            await client.wait("some-id", timeout=30)
+    assert caught.value.request_id == "some-id"
+    assert "cannot connect" in str(caught.value)
+
+
+async def test_outage_after_contact_is_waited_out(fake: FakeSiliconFlow) -> None:
+    """Once the API has answered, connection failures only delay the wait (an outage)."""
+    rid = fake.add_job(run_seconds=1.0)
+    async with make_client(fake) as client:
+        await client.get_status(rid)
+        fake.add_fault("status", ConnectionReset(), times=12)
+        assert (await client.wait(rid, timeout=20)).status is Status.SUCCEED
+    assert sum(r.status is None for r in fake.requests_for("status", rid)) == 12
