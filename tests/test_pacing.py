@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from siliconflow_video._pacing import RateGovernor
 
 
@@ -96,4 +98,4 @@ def test_halves_when_nothing_gets_through() -> None:
             gov.on_rate_limited()
         rates.append(gov.rate)
     assert rates[-1] == 0.2
-    assert all(b <= a for a, b in zip(rates[1:], rates[2:], strict=False) if a and b)
+    assert all(b <= a for a, b in itertools.pairwise(rates) if a and b)
