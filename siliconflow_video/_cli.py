@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from ._config import (
     DownloadPolicy,
     resolve_base_url,
 )
+from ._download import _disk_message
 from ._exceptions import (
     APIConnectionError,
     APIStatusError,
@@ -797,33 +797,25 @@ class Cli:
 # --- the destination -------------------------------------------------------------------
 
 
-def _writable_problem(exc: OSError, dest: Path) -> str:
-    code = exc.errno
-    if code in (errno.EACCES, errno.EPERM):
-        return f"no permission to write in {dest}"
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return f"no space left in {dest}"
-    if code == errno.EROFS:
-        return f"cannot write in {dest}: it is on a read-only file system"
-    if code in (errno.ENOTDIR, errno.EEXIST):
-        return f"cannot use {dest} as the destination folder: it or a parent is a file"
-    return f"cannot write in {dest}: {exc.strerror or exc}"
-
-
 def _try_writing(dest: Path) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=".siliconflow-video-check-", dir=dest)
-    os.close(fd)
-    os.unlink(name)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(_disk_message(exc, "create the folder", dest), path=str(dest)) from None
+    try:
+        fd, name = tempfile.mkstemp(prefix=".siliconflow-video-check-", dir=dest)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        probe = dest / ".siliconflow-video-check"
+        raise DownloadError(_disk_message(exc, "write", probe), path=str(dest)) from None
 
 
 async def check_destination(dest: Path) -> None:
     """Create ``dest`` and write in it once, so a bad folder fails the command before any
-    waiting (or paying) rather than when the first video is ready."""
-    try:
-        await asyncio.to_thread(_try_writing, dest)
-    except OSError as exc:
-        raise DownloadError(_writable_problem(exc, dest), path=str(dest)) from None
+    waiting (or paying) rather than when the first video is ready. The messages are the
+    downloader's own."""
+    await asyncio.to_thread(_try_writing, dest)
 
 
 # --- main ------------------------------------------------------------------------------
