@@ -8,20 +8,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from urllib.parse import urlsplit, urlunsplit
 
 logger = logging.getLogger("siliconflow_video")
 
 REDACTED = "***"
-
-
-def safe_url(url: str) -> str:
-    """``url`` without its query and fragment: a signed video URL's query is a credential."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 class RedactingFilter(logging.Filter):
