@@ -92,7 +92,7 @@ class Poller:
             job = self._jobs[request_id] = _Job(request_id, self._policy.interval)
             self._schedule(job, loop.time())
         elif listener is not None and job.last is not None:
-            listener(job.last)
+            _tell(listener, job.last)
         job.waiters.append((future, listener))
         future.add_done_callback(lambda f: self._forget(job, f))
         if self._runner is None:
@@ -113,6 +113,21 @@ class Poller:
         heapq.heappush(self._heap, (due, next(self._order), job))
 
     async def _run(self) -> None:
+        try:
+            await self._dispatch()
+        except Exception as exc:  # noqa: BLE001 - a bug here must end waits, not hang them
+            logger.exception("the poll scheduler stopped")
+            for job in list(self._jobs.values()):
+                self._finish(
+                    job,
+                    error=SiliconFlowError(
+                        f"polling stopped unexpectedly: {type(exc).__name__}: {exc}",
+                        request_id=job.request_id,
+                    ),
+                )
+            self._runner = None
+
+    async def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
         heap = self._heap
         while True:
@@ -170,7 +185,7 @@ class Poller:
         if job.last is None or job.last.status != status.status:
             for _, listener in job.waiters:
                 if listener is not None:
-                    listener(status)
+                    _tell(listener, status)
         job.last = status
         if status.is_terminal:
             self._finish(job, status=status)
@@ -223,3 +238,11 @@ class Poller:
                     "the AsyncClient was closed while waiting", request_id=job.request_id
                 ),
             )
+
+
+def _tell(listener: StatusListener, status: VideoStatus) -> None:
+    """Give a listener a status; a listener that raises must not stop the polling."""
+    try:
+        listener(status)
+    except Exception:  # noqa: BLE001 - logged; the job's polling goes on
+        logger.exception("status listener raised on %s", status.request_id)

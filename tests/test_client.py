@@ -514,3 +514,19 @@ async def test_outage_after_contact_is_waited_out(fake: FakeSiliconFlow) -> None
         fake.add_fault("status", ConnectionReset(), times=12)
         assert (await client.wait(rid, timeout=20)).status is Status.SUCCEED
     assert sum(r.status is None for r in fake.requests_for("status", rid)) == 12
+
+
+async def test_a_raising_status_listener_does_not_stall_the_wait(
+    fake: FakeSiliconFlow, client: AsyncClient
+) -> None:
+    """A status listener that raises is logged; the job is still polled to its end."""
+    rid = fake.add_job(queue_seconds=0.2, run_seconds=0.2)
+
+    def explode(rid: str) -> Callable[[sv.VideoStatus], None]:
+        def listener(status: sv.VideoStatus) -> None:
+            raise RuntimeError("display broke")
+
+        return listener
+
+    results = [r async for r in client._completions([rid], timeout=10, listener=explode)]
+    assert results[0].ok
