@@ -72,8 +72,12 @@ _LOCK_POLL_MAX = 0.5
 _PART_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0)
 # How much of an error body is read to tell "expired" from other refusals.
 _ERROR_BODY_LIMIT = 8192
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+)")
-_UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
+# Header numbers are untrusted: only ASCII digits, and at most 20 of them. \d would take
+# any Unicode digit, and int() of more than 4300 digits raises ValueError instead of the
+# header being read as unreadable.
+_NUMBER = r"([0-9]{1,20})"
+_CONTENT_RANGE = re.compile(rf"bytes\s+{_NUMBER}-{_NUMBER}/{_NUMBER}")
+_UNSATISFIED_RANGE = re.compile(rf"bytes\s+\*/{_NUMBER}")
 _URL_QUERY = re.compile(r"""(\w+://[^\s?#'"<>]*)[?#][^\s'"<>]*""")
 _XML_FIELD = re.compile(r"<(Code|Message)>([^<]{0,200})</\1>")
 
@@ -813,7 +817,10 @@ def _fsync_folder(folder: Path) -> None:
 
 def _content_length(resp: aiohttp.ClientResponse) -> int | None:
     value = resp.headers.get("Content-Length", "").strip()
-    return int(value) if value.isdigit() else None
+    # isdigit() alone accepts "²", which int() refuses: see _NUMBER.
+    if value.isascii() and value.isdigit() and len(value) <= 20:
+        return int(value)
+    return None
 
 
 def _parse_content_range(header: str | None) -> tuple[int, int, int]:
