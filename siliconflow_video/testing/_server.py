@@ -488,12 +488,18 @@ class FakeSiliconFlow:
 
     @property
     def requests(self) -> list[LoggedRequest]:
-        """A snapshot of the request log, oldest first (empty if ``log_requests`` is off)."""
+        """A snapshot of the request log (empty if ``log_requests`` is off).
+
+        Requests are logged when they are answered, so a long transfer comes after shorter
+        requests that arrived later; :attr:`LoggedRequest.time` is the arrival time. To
+        tell two runs apart, filter on ``time`` rather than on positions in the log.
+        """
         with self._lock:
             return list(self._log)
 
     def requests_for(self, target: Target, request_id: str | None = None) -> list[LoggedRequest]:
-        """The logged requests of one target, and of one job when ``request_id`` is given."""
+        """The logged requests of one target, and of one job when ``request_id`` is given,
+        in the order they were answered (see :attr:`requests`)."""
         with self._lock:
             return [
                 r

@@ -2,6 +2,12 @@
 
 Revoking every URL issued so far (``expire_urls``) rotates the signing key: a signature made
 with an older key is recognised as revoked, one made with no known key as forged.
+
+Every URL carries a random salt at the front of its ``Signature``, so two URLs issued for one
+video are always different, even within the same second (``Expires`` counts whole seconds).
+Without it a "fresh" URL handed out right after an expiry could be the very URL that was just
+refused, which a real storage host never does and which no client could tell from "no fresh
+URL came".
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ from urllib.parse import quote, unquote
 __all__ = ["UrlSigner", "parse_video_path", "video_path"]
 
 Verdict = Literal["ok", "expired", "bad_signature"]
+
+# Random bytes (sent as hex) that make each issued URL unique.
+_SALT_BYTES = 8
 
 
 def video_path(request_id: str, index: int) -> str:
@@ -41,13 +50,15 @@ class UrlSigner:
         self._old_keys: list[bytes] = []
 
     @staticmethod
-    def _sign(key: bytes, path: str, expires: int) -> str:
-        message = f"{path}\n{expires}".encode()
-        return hmac.new(key, message, hashlib.sha256).hexdigest()
+    def _sign(key: bytes, path: str, expires: int, salt: str) -> str:
+        message = f"{path}\n{expires}\n{salt}".encode()
+        return salt + hmac.new(key, message, hashlib.sha256).hexdigest()
 
     def query(self, path: str, expires: int) -> str:
-        """The query string (no ``?``) that makes ``path`` valid until ``expires``."""
-        return f"Expires={expires}&Signature={self._sign(self._key, path, expires)}"
+        """The query string (no ``?``) that makes ``path`` valid until ``expires``; a new
+        one on every call (see the module docstring)."""
+        signature = self._sign(self._key, path, expires, secrets.token_hex(_SALT_BYTES))
+        return f"Expires={expires}&Signature={signature}"
 
     def revoke_all(self) -> None:
         """Invalidate every URL signed so far; URLs signed later are valid again."""
@@ -62,9 +73,10 @@ class UrlSigner:
             when = int(expires)
         except ValueError:
             return "bad_signature"
-        if hmac.compare_digest(self._sign(self._key, path, when), signature):
+        salt = signature[: 2 * _SALT_BYTES]
+        if hmac.compare_digest(self._sign(self._key, path, when, salt), signature):
             return "ok" if now < when else "expired"
         for key in self._old_keys:
-            if hmac.compare_digest(self._sign(key, path, when), signature):
+            if hmac.compare_digest(self._sign(key, path, when, salt), signature):
                 return "expired"
         return "bad_signature"
