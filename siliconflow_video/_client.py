@@ -209,6 +209,7 @@ class AsyncClient:
                 timeout=self._timeout,
                 max_concurrent_requests=self.max_concurrent_requests,
                 governor=self._governor,
+                max_retry_after=self.retry_policy.max_retry_after,
             )
         return self._transport
 

@@ -37,8 +37,8 @@ class RetryPolicy:
     max_attempts: int = attrs.field(default=4, validator=_at_least_one)
     base_delay: float = attrs.field(default=0.5, validator=_positive)
     max_delay: float = attrs.field(default=20.0, validator=_positive)
-    #: Longest ``Retry-After`` that is honoured; a longer one fails the request instead of
-    #: sleeping for hours.
+    #: Longest ``Retry-After`` that is honoured; a longer one is cut to this, so a server
+    #: asking for hours cannot silence the client (or a wait) for hours.
     max_retry_after: float = attrs.field(default=120.0, validator=_positive)
 
 

@@ -171,6 +171,7 @@ class APITransport:
         timeout: float,
         max_concurrent_requests: int,
         governor: RateGovernor,
+        max_retry_after: float,
     ) -> None:
         self._session = session
         self._base_url = base_url
@@ -182,6 +183,7 @@ class APITransport:
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 15.0))
         self._slots = asyncio.Semaphore(max_concurrent_requests)
         self.governor = governor
+        self._max_retry_after = max_retry_after
         self.in_flight = 0
         #: Whether any HTTP answer ever came: until one does, "cannot connect" is more
         #: likely a wrong base URL than an outage.
@@ -225,7 +227,12 @@ class APITransport:
         self.ever_answered = True
         if status == 429:
             error = status_error(status, headers, body, request_id=request_id)
-            self.governor.on_rate_limited(error.retry_after)
+            pause = error.retry_after
+            # A Retry-After pauses every request of the client: never for longer than the
+            # policy allows, or one "Retry-After: 3600" would silence it for an hour.
+            self.governor.on_rate_limited(
+                None if pause is None else min(pause, self._max_retry_after)
+            )
             raise error
         self.governor.on_accepted()
         if status >= 400:
