@@ -10,8 +10,9 @@ knocking together. So the client as a whole keeps one rate:
   requests already in flight counts once. When nothing gets through it halves instead. A
   trickle of requests (fewer than ``min_sample`` in the window) sets no rate: each request's
   own backoff handles it.
-- Without 429s it creeps back up (a few percent a second), and fast once none has been
-  seen for ``recovery`` seconds; well above demand, the limit is lifted entirely.
+- Without 429s it creeps back up: a few percent a second just after one, doubling with each
+  quiet window (up to 50 % a second); once none has been seen for ``recovery`` seconds and
+  the rate is well above demand, the limit is lifted entirely.
 - A ``Retry-After`` pauses every request until it has passed.
 
 This is AIMD, as TCP does it, but with the decrease anchored to the measured acceptance rate
@@ -107,7 +108,9 @@ class RateGovernor:
             return
         elapsed, self._last_adjust = now - self._last_adjust, now
         quiet = now - self._last_limited
-        growth = self._creep if quiet < self._recovery else 0.5
+        # Creep just after a 429, then faster and faster (doubling each quiet window), so a
+        # rate cut by an early burst climbs back within seconds.
+        growth = min(0.5, self._creep * 2.0 ** (quiet / self._window))
         self._rate += self._rate * growth * elapsed
         accepted = self._recent(self._accepted, now - self._window) / self._window
         if quiet >= self._recovery and self._rate > 2 * accepted + 1:
@@ -121,18 +124,22 @@ class RateGovernor:
         self._limited.append(now)
         if retry_after is not None and retry_after > 0:
             self._paused_until = max(self._paused_until, now + retry_after)
-        if now - self._last_decrease < self._window:
+        # Always over a whole window, even for a client younger than that: a short span
+        # would take the server's burst allowance for its rate and cause a storm of 429s.
+        # Guessing low costs a few seconds instead, as the creep below speeds up.
+        span = self._window
+        if now - self._last_decrease < span:
             return  # 429s of requests already in flight: this episode is counted
-        horizon = now - self._window
+        horizon = now - span
         accepted = self._recent(self._accepted, horizon)
         limited = self._recent(self._limited, horizon)
         if self._rate is None and accepted + limited < self._min_sample:
             return  # a trickle of requests: each one's own backoff is enough
         self._last_decrease = now
         if accepted >= 2:
-            target = accepted / self._window * self._headroom
+            target = accepted / span * self._headroom
         else:  # nothing gets through (a daily quota?): halve until something does
-            target = (self._rate or (accepted + limited) / self._window) / 2
+            target = (self._rate or (accepted + limited) / span) / 2
         if self._rate is not None:
             target = min(target, self._rate * self._headroom)
         self._rate = max(self._min_rate, target)

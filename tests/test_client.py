@@ -308,7 +308,7 @@ async def test_rate_limit_slows_the_whole_client(fake: FakeSiliconFlow) -> None:
     limited = [r for r in calls if r.status == 429]
     assert len(limited) / len(calls) < 0.10, (len(limited), len(calls))
     assert stats.rate is not None
-    assert stats.rate < 45
+    assert 20 < stats.rate < 40 * 1.3  # it tracks the server's limit: near 40, not far off
 
 
 async def test_without_the_governor_the_same_load_storms(fake: FakeSiliconFlow) -> None:

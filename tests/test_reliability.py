@@ -438,12 +438,6 @@ async def test_expiries_in_a_row_each_get_a_fresh_url(
     assert len(set(signatures)) == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_pacing.RateGovernor.on_rate_limited divides the successes of the last "
-    "`window` by the whole window even when the client has run for less than that, so a "
-    "429 met in the first burst pins the rate far below the server's limit for 10+ s",
-)
 def test_governor_is_not_pinned_far_below_the_limit_after_a_startup_burst() -> None:
     """Polling as fast as allowed against a 300/s limit (burst 40), the adaptive rate is
     at least half the limit five seconds in, not stuck near the size of the first burst."""
