@@ -34,7 +34,7 @@ class EventKind(enum.StrEnum):
     """What a ``ProgressEvent`` reports."""
 
     STATUS = "status"  #: the job's status changed
-    BYTES = "bytes"  #: bytes of one video reached the disk
+    BYTES = "bytes"  #: more bytes of one video arrived (``bytes_done`` of ``bytes_total``)
     FILE = "file"  #: one video is complete under its final name
     DONE = "done"  #: the id is finished; ``error`` says whether it failed
 

@@ -281,6 +281,8 @@ def _make_folder(folder: Path) -> None:
 def _remove_leftovers(*paths: Path) -> None:
     for p in paths:
         p.unlink(missing_ok=True)
+        # A process killed while writing the sidecar leaves its temporary copy behind.
+        p.with_name(p.name + ".tmp").unlink(missing_ok=True)
 
 
 # --- the lock on the .part file ------------------------------------------------------------
@@ -574,6 +576,12 @@ class _Transfer:
             ) from exc
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             raise _Retry(f"the connection broke ({_describe(exc)})") from exc
+        except aiohttp.TooManyRedirects:
+            raise self.ctx.error("could not request the video: too many redirects") from None
+        except aiohttp.ClientResponseError as exc:
+            # An answer aiohttp could not parse (a bad Content-Length, a garbled status
+            # line) is a gateway's passing fault as often as not: try again.
+            raise _Retry(f"the host sent a malformed answer ({_describe(exc)})") from None
         except aiohttp.ClientError as exc:
             # Not from the network itself (bad URL, too many redirects): retrying won't help.
             # "from None": such errors quote the whole signed URL.
@@ -669,10 +677,15 @@ class _Transfer:
             async for chunk in resp.content.iter_chunked(self.policy.chunk_size):
                 self.hasher.update(chunk)
                 if self.buffer.add(chunk):
-                    await self._flush()
-        except (aiohttp.ClientError, TimeoutError):
-            # What did arrive is a correct prefix: keep it, so the next try resumes after it.
-            # (On cancellation nothing more is written: the run is stopping.)
+                    await self._flush()  # reports progress itself
+                elif self.on_progress is not None:
+                    # Per chunk, not per write: a video smaller than the write buffer
+                    # would otherwise show no progress until it is done.
+                    self.on_progress(self.done + self.buffer.filled, self.total)
+        except (aiohttp.ClientError, TimeoutError, asyncio.CancelledError):
+            # What did arrive is a correct prefix: keep it, so the next try (or, after a
+            # cancellation, the next run) resumes after it. One write, then the error goes on;
+            # a second cancellation during it still ends it (_finish_before_cancel).
             await self._flush()
             raise
         await self._flush()
