@@ -19,8 +19,13 @@ import attrs
 
 from ._client import AsyncClient, WaitResult, _check_request_id
 from ._download import VideoFile, download_video
-from ._exceptions import DownloadError, SiliconFlowError, UnsafeFileNameError
-from ._logging import logger
+from ._exceptions import (
+    ConfigurationError,
+    DownloadError,
+    SiliconFlowError,
+    UnsafeFileNameError,
+)
+from ._logging import logger, scrub_urls
 from ._models import Status, VideoStatus
 from ._naming import default_name, target_path
 
@@ -99,7 +104,9 @@ def _as_error(exc: BaseException, request_id: str) -> SiliconFlowError:
         if exc.request_id is None:
             exc.request_id = request_id
         return exc
-    error = DownloadError(f"unexpected {type(exc).__name__}: {exc}", request_id=request_id)
+    error = DownloadError(
+        f"unexpected {type(exc).__name__}: {scrub_urls(str(exc))}", request_id=request_id
+    )
     error.__cause__ = exc
     return error
 
@@ -119,7 +126,8 @@ class _Batch:
         self.slots = asyncio.Semaphore(max_concurrent_downloads)
         self.notify = progress
         self.naming = naming
-        self.claimed: dict[Path, tuple[str, int]] = {}
+        # Keyed case-insensitively: on macOS and Windows "A.mp4" and "a.mp4" are one file.
+        self.claimed: dict[str, tuple[str, int]] = {}
         self.outcomes: dict[str, Outcome] = {}
 
     def listener(self, request_id: str) -> Callable[[VideoStatus], None]:
@@ -142,7 +150,7 @@ class _Batch:
     def target(self, request_id: str, index: int, url: str) -> Path:
         name = (self.naming or default_name)(request_id, index, url)
         path = target_path(self.dest, name)
-        owner = self.claimed.setdefault(path, (request_id, index))
+        owner = self.claimed.setdefault(path.name.casefold(), (request_id, index))
         if owner != (request_id, index):
             raise UnsafeFileNameError(
                 f"file name {name!r} is already used by {owner[0]!r} video {owner[1]}; "
@@ -225,6 +233,9 @@ async def run_batch(
 ) -> list[Outcome]:
     if isinstance(request_ids, str):
         raise TypeError("request_ids must be a list of ids, not one string")
+    if max_concurrent_downloads < 1:
+        raise ConfigurationError("max_concurrent_downloads must be >= 1")
+    client._api()  # a closed client, or another loop's: a plain error, before any task
     ids = list(request_ids)
     batch = _Batch(
         client,
@@ -251,7 +262,15 @@ async def run_batch(
         async with contextlib.aclosing(completions):
             async for result in completions:
                 batch.waited(result, tasks)
-    return [batch.outcomes[rid] for rid in ids]
+    return [batch.outcomes.get(rid) or _no_result(rid) for rid in ids]
+
+
+def _no_result(request_id: str) -> Outcome:
+    # Every id is reported by the pipeline; this only guards the promise of one outcome
+    # per id against a bug, so that the other ids' outcomes are never lost to a KeyError.
+    return Outcome(
+        request_id, None, (), SiliconFlowError("no result came back", request_id=request_id)
+    )
 
 
 async def wait_and_download(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import json
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
@@ -33,7 +32,7 @@ from ._exceptions import (
     WaitTimeoutError,
 )
 from ._http import APITransport, is_safe_to_resubmit, with_retries
-from ._models import Status, VideoStatus, parse_status
+from ._models import Status, VideoStatus, excerpt, parse_status
 from ._pacing import GovernorStats, RateGovernor
 from ._poller import Poller, StatusListener
 
@@ -158,6 +157,7 @@ class AsyncClient:
             max_in_flight=max_concurrent_requests,
         )
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return f"<AsyncClient base_url={self.base_url!r}>"
@@ -194,6 +194,16 @@ class AsyncClient:
     def _api(self) -> APITransport:
         if self._closed:
             raise SiliconFlowError("the AsyncClient is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            # Sessions, futures and the poller belong to one loop; silently mixing them
+            # hangs or fails deep inside aiohttp.
+            raise SiliconFlowError(
+                "this AsyncClient was first used in another event loop; create one "
+                "AsyncClient per event loop (for example, one per asyncio.run call)"
+            )
         if self._transport is None:
             if self._session is None:
                 self._session = aiohttp.ClientSession(
@@ -220,7 +230,8 @@ class AsyncClient:
             raise SiliconFlowError("the AsyncClient is closed")
         if self._download_session is None:
             self._download_session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_concurrent_downloads * 2),
+                # No cap here: each batch's own max_concurrent_downloads is the limit.
+                connector=aiohttp.TCPConnector(limit=0),
                 auto_decompress=False,
                 raise_for_status=False,
             )
@@ -277,8 +288,12 @@ class AsyncClient:
         Like ``asyncio.as_completed``, but each result names its id and carries either the
         status or the error: one job's failure never stops the others. After ``timeout``
         seconds the jobs still running come out with a ``WaitTimeoutError``. Leaving the
-        loop early stops polling for the rest.
+        loop early stops polling for the rest once the iterator is closed: use
+        ``async with contextlib.aclosing(client.as_completed(ids)) as results:`` to make
+        that immediate.
         """
+        if isinstance(request_ids, str):
+            raise TypeError("request_ids must be a list of ids, not one string")
         ids = [_check_request_id(rid) for rid in request_ids]
         return self._completions(ids, timeout=timeout, listener=None)
 
@@ -292,39 +307,44 @@ class AsyncClient:
         self._api()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        finished: asyncio.Queue[WaitResult] = asyncio.Queue()
+        # Futures, not results, go through the queue: at the deadline a job may be done
+        # with its callback not yet run, and it must still come out as done, exactly once.
+        finished: asyncio.Queue[asyncio.Future[VideoStatus]] = asyncio.Queue()
         pending: dict[asyncio.Future[VideoStatus], str] = {}
+        delivered: set[asyncio.Future[VideoStatus]] = set()
 
-        def on_done(rid: str, future: asyncio.Future[VideoStatus]) -> None:
+        def on_done(future: asyncio.Future[VideoStatus]) -> None:
             if not future.cancelled():
-                finished.put_nowait(_result(rid, future))
+                finished.put_nowait(future)
 
         for rid in ids:
             future = self._poller.watch(rid, listener(rid) if listener else None)
             pending[future] = rid
-            future.add_done_callback(functools.partial(on_done, rid))
+            future.add_done_callback(on_done)
         try:
-            for _ in ids:
+            while len(delivered) < len(pending):
                 remaining = None if deadline is None else max(0.0, deadline - loop.time())
                 try:
-                    result = await asyncio.wait_for(finished.get(), remaining)
+                    future = await asyncio.wait_for(finished.get(), remaining)
                 except TimeoutError:
                     break
-                yield result
-            else:
-                return
-            # The deadline passed: every job still running times out, in the order given.
+                delivered.add(future)
+                yield _result(pending[future], future)
+            # The deadline passed: the rest come out in the order given, as finished if
+            # they did, else timed out.
             for future, rid in pending.items():
-                if not future.done():
-                    last = self._poller.last_status(rid)
-                    future.cancel()
-                    yield WaitResult(
-                        rid,
-                        last,
-                        WaitTimeoutError(rid, timeout or 0.0, last.status.value if last else None),
-                    )
-            while not finished.empty():
-                yield finished.get_nowait()
+                if future in delivered:
+                    continue
+                if future.done() and not future.cancelled():
+                    yield _result(rid, future)
+                    continue
+                last = self._poller.last_status(rid)
+                future.cancel()
+                yield WaitResult(
+                    rid,
+                    last,
+                    WaitTimeoutError(rid, timeout or 0.0, last.status.value if last else None),
+                )
         finally:
             for future in pending:
                 future.cancel()
@@ -388,7 +408,11 @@ class AsyncClient:
             request_ids,
             Path(dest),
             timeout=timeout,
-            max_concurrent_downloads=max_concurrent_downloads or self.max_concurrent_downloads,
+            max_concurrent_downloads=(
+                self.max_concurrent_downloads
+                if max_concurrent_downloads is None
+                else max_concurrent_downloads
+            ),
             progress=progress,
             naming=naming,
         )
@@ -409,16 +433,14 @@ def _result(request_id: str, future: asyncio.Future[VideoStatus]) -> WaitResult:
 
 
 def _request_id_from(body: bytes) -> str:
-    excerpt = body[:120].decode("utf-8", "replace")
+    start = excerpt(body)
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
-        raise MalformedResponseError(
-            "submit body is not JSON", field="$", excerpt=excerpt
-        ) from None
+        raise MalformedResponseError("submit body is not JSON", field="$", excerpt=start) from None
     request_id = data.get("requestId") if isinstance(data, dict) else None
     if not isinstance(request_id, str) or not request_id:
         raise MalformedResponseError(
-            "submit body has no requestId", field="$.requestId", excerpt=excerpt
+            "submit body has no requestId", field="$.requestId", excerpt=start
         )
     return request_id

@@ -33,14 +33,12 @@ import asyncio
 import errno
 import hashlib
 import json
-import logging
 import os
 import re
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
-from urllib.parse import urlsplit
 
 import aiofiles
 import aiohttp
@@ -50,6 +48,7 @@ import yarl
 
 from ._config import DownloadPolicy
 from ._exceptions import DownloadError, VideoURLExpiredError
+from ._logging import logger, redact_url, scrub_urls
 
 if sys.platform != "win32":
     import fcntl
@@ -59,9 +58,8 @@ if TYPE_CHECKING:
 
     from aiofiles.threadpool.binary import AsyncFileIO
 
-__all__ = ["VideoFile", "download_video", "redact_url"]
+__all__ = ["VideoFile", "download_video"]
 
-logger = logging.getLogger("siliconflow_video")
 
 _T = TypeVar("_T")
 
@@ -78,7 +76,6 @@ _ERROR_BODY_LIMIT = 8192
 _NUMBER = r"([0-9]{1,20})"
 _CONTENT_RANGE = re.compile(rf"bytes\s+{_NUMBER}-{_NUMBER}/{_NUMBER}")
 _UNSATISFIED_RANGE = re.compile(rf"bytes\s+\*/{_NUMBER}")
-_URL_QUERY = re.compile(r"""(\w+://[^\s?#'"<>]*)[?#][^\s'"<>]*""")
 _XML_FIELD = re.compile(r"<(Code|Message)>([^<]{0,200})</\1>")
 
 
@@ -87,13 +84,15 @@ class VideoFile:
     """A complete video on disk.
 
     ``sha256`` is the hex digest of its bytes; ``reused`` is True when a complete file was
-    already at ``path`` and nothing was downloaded.
+    already at ``path`` and nothing was downloaded; ``index`` is the video's place in the
+    job's ``results.videos``.
     """
 
     path: Path
     size: int
     sha256: str
     reused: bool
+    index: int
 
 
 async def download_video(
@@ -165,7 +164,7 @@ class _Context:
         cls: type[DownloadError] = DownloadError,
     ) -> DownloadError:
         return cls(
-            _scrub(message),
+            scrub_urls(message),
             request_id=self.request_id,
             url=redact_url(self.url),
             path=str(self.path),
@@ -178,26 +177,6 @@ class _Context:
             return await asyncio.to_thread(func, *args)
         except OSError as exc:
             raise self.error(_disk_message(exc, action, target)) from exc
-
-
-def redact_url(url: str) -> str:
-    """``scheme://host/path`` of ``url``: the query of a signed URL is a credential."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return "<unparsable URL>"
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    if port is not None:
-        host = f"{host}:{port}"
-    return f"{parts.scheme}://{host}{parts.path}"
-
-
-def _scrub(text: str) -> str:
-    # Exception texts from libraries may quote a whole URL; drop every query string.
-    return _URL_QUERY.sub(r"\1", text)
 
 
 def _disk_message(exc: OSError, action: str, target: Path) -> str:
@@ -238,7 +217,9 @@ async def _reuse_complete(
     size, hasher = await ctx.disk("read", ctx.path, _hash_file, ctx.path, None, policy.write_buffer)
     if on_progress is not None:
         on_progress(size, size)
-    return VideoFile(path=ctx.path, size=size, sha256=hasher.hexdigest(), reused=True)
+    return VideoFile(
+        path=ctx.path, size=size, sha256=hasher.hexdigest(), reused=True, index=ctx.index
+    )
 
 
 async def _reuse_or_fail(
@@ -472,7 +453,7 @@ class _Transfer:
                         f"gave up downloading {redact_url(self.ctx.url)} after "
                         f"{self.policy.max_attempts} tries: {exc}; {self._kept()}",
                         status_code=exc.status,
-                    ) from exc
+                    ) from None  # the chain holds aiohttp errors that quote the signed URL
             return await self._finish()
 
     # -- state on disk
@@ -522,12 +503,15 @@ class _Transfer:
         """Write the buffered bytes to the end of .part in one thread hop and empty it."""
         if not self.buffer.filled:
             return
-        try:
-            await _finish_before_cancel(_write_all(self.file, self.buffer.view()))
-        except OSError as exc:
-            raise self.ctx.error(_disk_message(exc, "write", self.ctx.part)) from exc
+        data = self.buffer.view()
+        # Counted before the await: if cancelled meanwhile, the thread still finishes this
+        # write (_finish_before_cancel), and a second flush must not write it again.
         self.done += self.buffer.filled
         self.buffer.filled = 0
+        try:
+            await _finish_before_cancel(_write_all(self.file, data))
+        except OSError as exc:
+            raise self.ctx.error(_disk_message(exc, "write", self.ctx.part)) from exc
         if self.on_progress is not None:
             self.on_progress(self.done, self.total)
 
@@ -548,7 +532,13 @@ class _Transfer:
         await self.ctx.disk("remove", self.ctx.meta, _remove_leftovers, self.ctx.meta)
         if self.on_progress is not None:
             self.on_progress(self.done, self.total if self.total is not None else self.done)
-        return VideoFile(path=path, size=self.done, sha256=self.hasher.hexdigest(), reused=False)
+        return VideoFile(
+            path=path,
+            size=self.done,
+            sha256=self.hasher.hexdigest(),
+            reused=False,
+            index=self.ctx.index,
+        )
 
     # -- one request
 
@@ -865,9 +855,9 @@ async def _error_detail(resp: aiohttp.ClientResponse) -> tuple[str, bool]:
         detail = ": ".join(fields[k].strip() for k in ("Code", "Message") if k in fields)
     else:
         detail = " ".join(text.split())[:200]
-    return _scrub(detail) or "no body", says_expired
+    return scrub_urls(detail) or "no body", says_expired
 
 
 def _describe(exc: BaseException) -> str:
     text = str(exc)
-    return _scrub(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+    return scrub_urls(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)

@@ -26,6 +26,7 @@ from ._exceptions import (
     OverloadedError,
     RateLimitError,
     ServerError,
+    SiliconFlowError,
     error_for_status,
 )
 from ._logging import logger
@@ -107,21 +108,30 @@ def is_safe_to_resubmit(exc: BaseException) -> bool:
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
     """Full-jitter exponential backoff for the ``attempt``-th retry (1-based)."""
-    return random.uniform(0.0, min(cap, base * 2.0 ** (attempt - 1)))
+    # The exponent is capped: 2.0 ** 1024 overflows, and a wait rides out outages of any
+    # length, so ``attempt`` can grow without bound.
+    return random.uniform(0.0, min(cap, base * 2.0 ** min(attempt - 1, 62)))
+
+
+def retry_delay(policy: RetryPolicy, attempt: int, exc: BaseException | None) -> float:
+    """How long to wait before the ``attempt``-th retry after ``exc``: the jittered backoff,
+    or the server's ``Retry-After`` (capped by the policy) when that is longer. Jitter
+    never shortens a Retry-After."""
+    delay = backoff_delay(attempt, policy.base_delay, policy.max_delay)
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, policy.max_retry_after))
+    return delay
 
 
 def _retry_waits(policy: RetryPolicy) -> Generator[float, BaseException | None, None]:
     """A ``backoff`` wait generator: it receives each exception, so a ``Retry-After`` from
-    the server wins over the jittered exponential delay (never shortened by jitter)."""
+    the server can win over the jittered exponential delay."""
     exc = yield 0.0  # primed by backoff with None
     attempt = 0
     while True:
         attempt += 1
-        delay = backoff_delay(attempt, policy.base_delay, policy.max_delay)
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, policy.max_retry_after))
-        exc = yield delay
+        exc = yield retry_delay(policy, attempt, exc)
 
 
 def with_retries(
@@ -184,7 +194,6 @@ class APITransport:
         self._slots = asyncio.Semaphore(max_concurrent_requests)
         self.governor = governor
         self._max_retry_after = max_retry_after
-        self.in_flight = 0
         #: Whether any HTTP answer ever came: until one does, "cannot connect" is more
         #: likely a wrong base URL than an outage.
         self.ever_answered = False
@@ -198,10 +207,18 @@ class APITransport:
         data = json.dumps(payload, separators=(",", ":")).encode()
         await self.governor.acquire()
         async with self._slots:
-            self.in_flight += 1
             started = time.monotonic()
             try:
                 status, headers, body = await self._send(url, data)
+            except aiohttp.ConnectionTimeoutError:
+                # No connection was ever made: like "refused", the request surely did not
+                # reach SiliconFlow (and a blackholed base URL must not be polled forever).
+                err: APIConnectionError = APITimeoutError(
+                    f"cannot connect to {self._base_url} within {self._timeout.sock_connect:g} s",
+                    request_id=request_id,
+                )
+                err.maybe_processed = False
+                raise err from None
             except TimeoutError:
                 raise APITimeoutError(
                     f"no answer from {url} within {self._timeout.total:g} s",
@@ -219,8 +236,12 @@ class APITransport:
                     f"connection to {self._base_url} broke: {type(exc).__name__}: {exc}",
                     request_id=request_id,
                 ) from None
-            finally:
-                self.in_flight -= 1
+            except RuntimeError as exc:
+                if not self._session.closed:
+                    raise
+                raise SiliconFlowError(
+                    "the AsyncClient's session was closed", request_id=request_id
+                ) from exc
         logger.debug(
             "POST %s %s -> %d in %.3fs", path, request_id or "", status, time.monotonic() - started
         )
@@ -241,6 +262,12 @@ class APITransport:
 
     async def _send(self, url: str, data: bytes) -> tuple[int, Mapping[str, str], bytes]:
         async with self._session.post(
-            url, data=data, headers=self._headers, timeout=self._timeout
+            # raise_for_status=False: a caller's session may raise on errors by default,
+            # which would hide the typed errors (and the 429s the governor must see).
+            url,
+            data=data,
+            headers=self._headers,
+            timeout=self._timeout,
+            raise_for_status=False,
         ) as resp:
             return resp.status, resp.headers, await resp.read()

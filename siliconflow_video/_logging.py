@@ -7,11 +7,36 @@ The library installs no handlers: applications decide where logs go. The CLI att
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 logger = logging.getLogger("siliconflow_video")
 
 REDACTED = "***"
+
+_URL_QUERY = re.compile(r"""(\w+://[^\s?#'"<>]*)[?#][^\s'"<>]*""")
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host/path`` of ``url``: the query of a signed URL is a credential."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    if port is not None:
+        host = f"{host}:{port}"
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
+def scrub_urls(text: str) -> str:
+    """``text`` with the query string of every URL in it dropped: exception texts from
+    libraries may quote a whole signed URL."""
+    return _URL_QUERY.sub(r"\1", text)
 
 
 class RedactingFilter(logging.Filter):

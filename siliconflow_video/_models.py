@@ -1,15 +1,19 @@
 """What ``/video/status`` answers, as frozen attrs classes, and the one converter that
 builds them.
 
-The converter is the package's own (never cattrs' global one) and strict about leaf types:
-a ``url`` that is a number or a ``seed`` that is a string is a malformed body, not something
-to coerce. Unknown keys are ignored, as older answers carried extra ones like ``position``.
+The converter is the package's own (never cattrs' global one). It is strict where a video
+depends on it: ``status`` and each ``videos[].url`` must be exactly right, or the body is
+malformed (and asked again). The optional extras (``reason``, ``timings``, ``seed``) are
+lenient: a value of the wrong type reads as ``None`` and is logged, so a schema change there
+never costs a video. Unknown keys are ignored, as older answers carried ones like
+``position``.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -18,6 +22,7 @@ import cattrs.gen
 import cattrs.v
 
 from ._exceptions import MalformedResponseError
+from ._logging import logger, redact_url, scrub_urls
 
 __all__ = ["Status", "Timings", "Video", "VideoResults", "VideoStatus", "parse_status"]
 
@@ -39,9 +44,10 @@ class Status(enum.StrEnum):
 
 @attrs.frozen
 class Video:
-    """One generated video. ``url`` is valid for one hour."""
+    """One generated video. ``url`` is valid for one hour; its query string is a credential,
+    so ``repr`` leaves it out."""
 
-    url: str
+    url: str = attrs.field(repr=lambda url: repr(redact_url(url)))
 
 
 @attrs.frozen
@@ -106,12 +112,34 @@ def _status(value: Any, _: Any) -> Status:
         raise ValueError(f"unknown status {value!r}") from None
 
 
+def _is(kind: Any) -> Callable[[Any], bool]:
+    return lambda t: bool(t == kind)
+
+
+def _lenient(conv: cattrs.Converter, kind: Any) -> Any:
+    """A hook for an optional extra: a value it cannot read becomes None, and is logged."""
+    inner = kind.__args__[0]
+
+    def hook(value: Any, _: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return conv.structure(value, inner)
+        except Exception:  # noqa: BLE001 - an unreadable extra is dropped, never fatal
+            logger.debug("ignoring an unreadable %s in a status body: %r", inner, value)
+            return None
+
+    return hook
+
+
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=False)
     conv.register_structure_hook(str, _strict(str, "a string"))
     conv.register_structure_hook(int, _strict(int, "an integer"))
     conv.register_structure_hook(float, _float)
     conv.register_structure_hook(Status, _status)
+    for optional in (str | None, int | None, float | None, Timings | None):
+        conv.register_structure_hook_func(_is(optional), _lenient(conv, optional))
 
     def objects_only(cl: type[Any]) -> Any:
         # A list or a string where the API documents an object is malformed, not "empty".
@@ -142,8 +170,9 @@ def _make_converter() -> cattrs.Converter:
 converter = _make_converter()
 
 
-def _excerpt(body: bytes) -> str:
-    return body[:120].decode("utf-8", "replace")
+def excerpt(body: bytes) -> str:
+    """The start of a body, for error messages, with any signed URL's query dropped."""
+    return scrub_urls(body[:200].decode("utf-8", "replace"))[:120]
 
 
 def _describe(exc: BaseException, kind: type[Any] | None) -> str:
@@ -168,20 +197,20 @@ def parse_status(body: bytes, request_id: str) -> VideoStatus:
         data = json.loads(body)
     except (ValueError, RecursionError):
         raise MalformedResponseError(
-            "status body is not JSON", field="$", excerpt=_excerpt(body), request_id=request_id
+            "status body is not JSON", field="$", excerpt=excerpt(body), request_id=request_id
         ) from None
     if not isinstance(data, dict):
         raise MalformedResponseError(
             f"status body is a JSON {type(data).__name__}, not an object",
             field="$",
-            excerpt=_excerpt(body),
+            excerpt=excerpt(body),
             request_id=request_id,
         )
     if "status" not in data:
         raise MalformedResponseError(
             "status body has no status",
             field="$.status",
-            excerpt=_excerpt(body),
+            excerpt=excerpt(body),
             request_id=request_id,
         )
     data["request_id"] = request_id
@@ -192,7 +221,7 @@ def parse_status(body: bytes, request_id: str) -> VideoStatus:
         raise MalformedResponseError(
             f"unexpected status body: {problem}",
             field=field,
-            excerpt=_excerpt(body),
+            excerpt=excerpt(body),
             request_id=request_id,
         ) from None
     if status.status is Status.SUCCEED and not status.urls:
@@ -201,7 +230,7 @@ def parse_status(body: bytes, request_id: str) -> VideoStatus:
         raise MalformedResponseError(
             "job succeeded but the body lists no video URL",
             field="$.results.videos",
-            excerpt=_excerpt(body),
+            excerpt=excerpt(body),
             request_id=request_id,
         )
     return status

@@ -105,12 +105,13 @@ class RateGovernor:
         now = self._clock()
         self._accepted.append(now)
         if self._rate is None:
+            self._recent(self._accepted, now - self._window)  # keep the record one window long
             return
         elapsed, self._last_adjust = now - self._last_adjust, now
         quiet = now - self._last_limited
         # Creep just after a 429, then faster and faster (doubling each quiet window), so a
         # rate cut by an early burst climbs back within seconds.
-        growth = min(0.5, self._creep * 2.0 ** (quiet / self._window))
+        growth = min(0.5, self._creep * 2.0 ** min(quiet / self._window, 10.0))
         self._rate += self._rate * growth * elapsed
         accepted = self._recent(self._accepted, now - self._window) / self._window
         if quiet >= self._recovery and self._rate > 2 * accepted + 1:

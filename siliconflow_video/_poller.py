@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import random
 from collections.abc import Awaitable, Callable
 
 from ._config import PollPolicy, RetryPolicy
 from ._exceptions import APIConnectionError, APIError, SiliconFlowError
-from ._http import backoff_delay, is_transient
+from ._http import is_transient, retry_delay
 from ._logging import logger
 from ._models import VideoStatus
 
@@ -69,11 +70,6 @@ class Poller:
         self._polls: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    @property
-    def watched(self) -> int:
-        """How many jobs are being polled now."""
-        return len(self._jobs)
-
     def last_status(self, request_id: str) -> VideoStatus | None:
         job = self._jobs.get(request_id)
         return job.last if job else None
@@ -95,7 +91,7 @@ class Poller:
             _tell(listener, job.last)
         job.waiters.append((future, listener))
         future.add_done_callback(lambda f: self._forget(job, f))
-        if self._runner is None:
+        if self._runner is None or self._runner.done():
             self._runner = loop.create_task(self._run(), name="siliconflow-video poller")
         return future
 
@@ -165,14 +161,10 @@ class Poller:
             if not is_transient(exc) or self._never_reached(exc, job):
                 self._finish(job, error=exc)
                 return
-            delay = max(
-                job.interval,
-                backoff_delay(job.failures, self._retry.base_delay, self._retry.max_delay),
-            )
-            retry_after = getattr(exc, "retry_after", None)
-            if retry_after is not None:
-                delay = max(delay, min(retry_after, self._retry.max_retry_after))
-            logger.debug("status of %s: %s; next poll in %.2fs", job.request_id, exc, delay)
+            delay = max(job.interval, retry_delay(self._retry, job.failures, exc))
+            # A streak past the retry budget is worth a user's attention; the wait goes on.
+            level = logging.WARNING if job.failures == self._retry.max_attempts else logging.DEBUG
+            logger.log(level, "status of %s: %s; next poll in %.2fs", job.request_id, exc, delay)
             if job.active:
                 self._schedule(job, loop.time() + delay)
             return

@@ -244,3 +244,50 @@ async def test_module_level_function_owns_its_client(
     [outcome] = await sv.wait_and_download([rid], tmp_path / "videos", poll_interval=0.05)
     assert outcome.ok
     assert outcome.paths[0].read_bytes() == fake.video_bytes(rid)
+
+
+async def test_closed_client_is_a_plain_error(fake: FakeSiliconFlow, tmp_path: Path) -> None:
+    """wait_and_download on a closed client raises SiliconFlowError, not an ExceptionGroup."""
+    client = make_client(fake)
+    await client.aclose()
+    with pytest.raises(sv.SiliconFlowError, match="closed"):
+        await client.wait_and_download([fake.add_job()], tmp_path)
+
+
+async def test_per_call_download_limit_above_the_client_default(
+    fake: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """max_concurrent_downloads given per call is honoured even above the client's own."""
+    ids = [fake.add_job(videos=[150_000]) for _ in range(8)]
+    fake.add_fault("video", SlowBody(300_000), times=None)
+    active: set[str] = set()
+    peak = 0
+
+    def progress(event: ProgressEvent) -> None:
+        nonlocal peak
+        if event.kind is EventKind.BYTES:
+            active.add(event.request_id)
+            peak = max(peak, len(active))
+        elif event.kind is EventKind.FILE:
+            active.discard(event.request_id)
+
+    async with make_client(fake, max_concurrent_downloads=1) as client:
+        outcomes = await client.wait_and_download(
+            ids, tmp_path, max_concurrent_downloads=6, progress=progress
+        )
+    assert all(o.ok for o in outcomes)
+    assert peak == 6
+
+
+async def test_names_differing_only_in_case_clash(
+    fake: FakeSiliconFlow, client: AsyncClient, tmp_path: Path
+) -> None:
+    """Two videos named 'Clip.mp4' and 'clip.mp4' clash (one file on macOS and Windows)."""
+    a = fake.add_job(videos=[1_000])
+    b = fake.add_job(videos=[1_000])
+    names = {a: "Clip.mp4", b: "clip.mp4"}
+    outcomes = await client.wait_and_download(
+        [a, b], tmp_path, naming=lambda rid, i, url: names[rid]
+    )
+    assert outcomes[0].ok
+    assert isinstance(outcomes[1].error, sv.UnsafeFileNameError)

@@ -530,3 +530,42 @@ async def test_a_raising_status_listener_does_not_stall_the_wait(
 
     results = [r async for r in client._completions([rid], timeout=10, listener=explode)]
     assert results[0].ok
+
+
+async def test_a_session_that_raises_for_status_keeps_typed_errors(
+    fake: FakeSiliconFlow,
+) -> None:
+    """A caller's session with raise_for_status=True still gives AuthenticationError."""
+    async with (
+        aiohttp.ClientSession(raise_for_status=True) as session,
+        AsyncClient("wrong", fake.base_url, session=session) as client,
+    ):
+        with pytest.raises(sv.AuthenticationError):
+            await client.get_status(fake.add_job())
+
+
+def test_a_client_belongs_to_one_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Using one client from a second event loop is a clear error, not a hang."""
+
+    async def main() -> None:
+        async with FakeSiliconFlow(api_key="k") as fake:
+            client = AsyncClient("k", fake.base_url, poll_interval=0.05)
+            await client.wait(fake.add_job())
+
+            def other_loop() -> None:
+                async def again() -> None:
+                    await client.wait("x")
+
+                asyncio.run(again())
+
+            with pytest.raises(sv.SiliconFlowError, match="event loop"):
+                await asyncio.to_thread(other_loop)
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+async def test_as_completed_refuses_a_bare_string(client: AsyncClient) -> None:
+    """as_completed("abc") is a TypeError, not three one-letter ids."""
+    with pytest.raises(TypeError):
+        client.as_completed("abc")

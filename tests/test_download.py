@@ -26,7 +26,8 @@ import pytest
 from aiohttp import web
 
 from siliconflow_video import DownloadError, DownloadPolicy, VideoURLExpiredError, _download
-from siliconflow_video._download import VideoFile, download_video, redact_url
+from siliconflow_video._download import VideoFile, download_video
+from siliconflow_video._logging import redact_url
 from siliconflow_video.testing import (
     ConnectionReset,
     DropMidBody,
@@ -834,3 +835,39 @@ def test_redact_url_drops_the_query() -> None:
     url = "https://user:pw@bucket.example.com:8443/v/a.mp4?Expires=1&Signature=abc#x"
     assert redact_url(url) == "https://bucket.example.com:8443/v/a.mp4"
     assert redact_url("http://[::1]:80/x?Signature=s") == "http://[::1]:80/x"
+
+
+async def test_cancel_during_a_disk_write_never_writes_twice(
+    fake: FakeSiliconFlow,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cancellation that lands while a buffer is being written leaves .part an exact
+    prefix (the buffer is written once, not again on the way out), and the rerun is whole."""
+    rid = fake.add_job(videos=[SIZE])
+    url = await status_url(session, fake, rid)
+    path = tmp_path / "v.mp4"
+    writing = asyncio.Event()
+    real_write = _download._write_all
+
+    async def slow_write(file: Any, data: memoryview) -> None:
+        writing.set()
+        await asyncio.sleep(0.2)  # the cancellation arrives now, mid-write
+        await real_write(file, data)
+
+    monkeypatch.setattr(_download, "_write_all", slow_write)
+    policy = POLICY  # 16 KiB chunks, 64 KiB write buffer: several writes per video
+    task = asyncio.create_task(fetch(session, url, path, rid=rid, policy=policy))
+    await writing.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    kept = part_of(path).read_bytes()
+    assert 0 < len(kept) < SIZE
+    assert kept == fake.video_bytes(rid)[: len(kept)]
+
+    monkeypatch.setattr(_download, "_write_all", real_write)
+    result = await fetch(session, url, path, rid=rid, policy=policy)
+    assert path.read_bytes() == fake.video_bytes(rid)
+    assert result.sha256 == fake.video_sha256(rid)

@@ -119,3 +119,33 @@ def test_retry_after_never_crashes(header: str) -> None:
     """Any header text gives None or a finite non-negative delay."""
     value = parse_retry_after(header)
     assert value is None or value >= 0
+
+
+def test_unreadable_extras_do_not_cost_the_video() -> None:
+    """A wrong type in reason, timings or seed reads as None; the URL still counts."""
+    body = json.dumps(
+        {
+            "status": "Succeed",
+            "reason": 5,
+            "results": {"videos": [{"url": "https://h/v.mp4"}], "timings": 7, "seed": "x"},
+        }
+    ).encode()
+    status = parse_status(body, "rid")
+    assert status.urls == ["https://h/v.mp4"]
+    assert status.reason is None
+    assert status.results is not None
+    assert (status.results.timings, status.results.seed) == (None, None)
+
+
+def test_signed_queries_stay_out_of_reprs_and_excerpts() -> None:
+    """repr(status) and a malformed body's excerpt drop a signed URL's query string."""
+    url = "https://bucket.oss/v.mp4?Expires=1&Signature=SECRET"
+    status = parse_status(
+        json.dumps({"status": "Succeed", "results": {"videos": [{"url": url}]}}).encode(), "r"
+    )
+    assert "SECRET" not in repr(status)
+    assert status.urls == [url]
+    bad = json.dumps({"status": "Paused", "results": {"videos": [{"url": url}]}}).encode()
+    with pytest.raises(MalformedResponseError) as caught:
+        parse_status(bad, "r")
+    assert "SECRET" not in str(caught.value)

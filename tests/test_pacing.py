@@ -99,3 +99,31 @@ def test_halves_when_nothing_gets_through() -> None:
         rates.append(gov.rate)
     assert rates[-1] == 0.2
     assert all(b <= a for a, b in itertools.pairwise(rates) if a and b)
+
+
+def test_an_idle_client_after_a_cut_does_not_overflow() -> None:
+    """Twenty idle minutes after a 429 episode, the next answer is handled normally."""
+    clock = Clock()
+    gov = RateGovernor(clock=clock)
+    drive(gov, clock, 3, limit=20)
+    assert gov.rate is not None
+    clock.now += 20 * 60
+    gov.on_accepted()
+    assert gov.delay() >= 0.0
+
+
+def test_the_record_of_answers_stays_one_window_long() -> None:
+    """A client that never meets a 429 keeps no ever-growing history."""
+    clock = Clock()
+    gov = RateGovernor(clock=clock)
+    for _ in range(100_000):
+        clock.now += 0.001
+        gov.on_accepted()
+    assert len(gov._accepted) <= 1001
+
+
+def test_backoff_never_overflows() -> None:
+    """After thousands of failures in a row the backoff is still a finite, capped delay."""
+    from siliconflow_video._http import backoff_delay
+
+    assert 0.0 <= backoff_delay(5000, 0.5, 20.0) <= 20.0
