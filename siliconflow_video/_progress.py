@@ -95,6 +95,9 @@ class Display:
         self.stream = stream if stream is not None else sys.stderr
         self.jobs: dict[str, _Job] = {}
         self.downloading = False
+        # Counted as ids finish: recounting every job on each finish is O(n^2) per batch.
+        self.done_count = 0
+        self.failed_count = 0
 
     def __enter__(self) -> Display:
         return self
@@ -153,6 +156,8 @@ class Display:
             return
         job.done = True
         job.failed = error is not None
+        self.done_count += 1
+        self.failed_count += job.failed
         self._done(request_id, job, error)
 
     # -- how it is shown: overridden by the displays ---------------------------------------
@@ -303,8 +308,7 @@ class LiveDisplay(Display):
     def _update_overall(self) -> None:
         if self._overall is None:
             return
-        done = sum(1 for j in self.jobs.values() if j.done)
-        failed = sum(1 for j in self.jobs.values() if j.failed)
+        done, failed = self.done_count, self.failed_count
         state = f"{done}/{len(self.jobs)} done" + (f", {failed} failed" if failed else "")
         self.progress.update(self._overall, total=len(self.jobs), completed=done, state=state)
 
