@@ -7,7 +7,14 @@
     outcomes = await wait_and_download(request_ids, "videos/")
 """
 
-from ._batch import EventKind, Outcome, ProgressEvent, wait_and_download
+from ._batch import (
+    EventKind,
+    Naming,
+    Outcome,
+    ProgressCallback,
+    ProgressEvent,
+    wait_and_download,
+)
 from ._client import AsyncClient, WaitResult
 from ._config import DownloadPolicy, PollPolicy, RetryPolicy
 from ._download import VideoFile
@@ -56,12 +63,14 @@ __all__ = [
     "GovernorStats",
     "JobFailedError",
     "MalformedResponseError",
+    "Naming",
     "NotFoundError",
     "Outcome",
     "OverloadedError",
     "PaymentRequiredError",
     "PermissionDeniedError",
     "PollPolicy",
+    "ProgressCallback",
     "ProgressEvent",
     "RateLimitError",
     "RedactingFilter",

@@ -81,7 +81,7 @@ from ._faults import (
     server_error,
     unauthorized,
 )
-from ._jobs import Job, JobSpec, JobStatus, LoggedRequest, Outcome
+from ._jobs import Job, JobOutcome, JobSpec, JobStatus, LoggedRequest
 from ._server import FakeSiliconFlow
 
 __all__ = [
@@ -98,7 +98,7 @@ __all__ = [
     "JobStatus",
     "LoggedRequest",
     "MalformedBody",
-    "Outcome",
+    "JobOutcome",
     "PERIOD",
     "Slow",
     "SlowBody",

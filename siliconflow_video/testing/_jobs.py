@@ -11,9 +11,9 @@ import attrs
 from ._content import VideoContent
 from ._faults import Target
 
-__all__ = ["Job", "JobSpec", "JobStatus", "LoggedRequest", "Outcome"]
+__all__ = ["Job", "JobSpec", "JobStatus", "LoggedRequest", "JobOutcome"]
 
-Outcome = Literal["Succeed", "Failed"]
+JobOutcome = Literal["Succeed", "Failed"]
 """How a job ends."""
 
 JobStatus = Literal["InQueue", "InProgress", "Succeed", "Failed"]
@@ -25,7 +25,7 @@ class JobSpec(TypedDict, total=False):
 
     queue_seconds: float
     run_seconds: float
-    outcome: Outcome
+    outcome: JobOutcome
     reason: str
     videos: Sequence[bytes | int]
     seed: int
@@ -39,7 +39,7 @@ class Job:
     request_id: str
     queue_seconds: float
     run_seconds: float
-    outcome: Outcome
+    outcome: JobOutcome
     reason: str
     videos: tuple[VideoContent, ...]
     seed: int

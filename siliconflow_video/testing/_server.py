@@ -25,7 +25,7 @@ from aiohttp import web
 from ._api import make_api_app
 from ._content import VideoContent
 from ._faults import ErrorResponse, Fault, FaultRule, Target, rate_limited
-from ._jobs import Job, JobSpec, LoggedRequest, Outcome
+from ._jobs import Job, JobOutcome, JobSpec, LoggedRequest
 from ._urls import UrlSigner, Verdict, video_path
 from ._video import make_video_app
 
@@ -229,7 +229,7 @@ class FakeSiliconFlow:
         *,
         queue_seconds: float = 0.0,
         run_seconds: float = 0.0,
-        outcome: Outcome = "Succeed",
+        outcome: JobOutcome = "Succeed",
         reason: str = "",
         videos: Sequence[bytes | int] = (1024,),
         seed: int = 42,
@@ -281,7 +281,7 @@ class FakeSiliconFlow:
             job = self._jobs[request_id]
             self._jobs[request_id] = attrs.evolve(job, submitted=body)
 
-    def finish(self, request_id: str, outcome: Outcome = "Succeed", reason: str = "") -> None:
+    def finish(self, request_id: str, outcome: JobOutcome = "Succeed", reason: str = "") -> None:
         """Force a job to its end now, with ``outcome`` and ``reason``."""
         if outcome not in _OUTCOMES:
             raise ValueError(f"outcome must be 'Succeed' or 'Failed', got {outcome!r}")
