@@ -1,0 +1,1 @@
+"""The benchmark suite of siliconflow-video: ``python -m benchmarks`` (see README.md)."""
