@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 import aiofiles
+import aiofiles.os
 import aiohttp
 import attrs
 import backoff
@@ -425,7 +426,12 @@ class _Transfer:
         self.hasher = hashlib.sha256()
         self.refreshes = 0
         self.same_url_retried = False
-        self.buffer = _Buffer(policy.write_buffer, policy.chunk_size)
+        # Chunks received but not yet handed to a write, and the write in flight (at most
+        # one): a worker thread hashes and writes a batch while the loop receives the next.
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.writing: asyncio.Future[None] | None = None
+        self.writing_size = 0
 
     async def run(self) -> VideoFile:
         # closefd=False: the descriptor carries the lock and is closed by our caller.
@@ -499,21 +505,35 @@ class _Transfer:
         self.validator = validator
         await self.ctx.disk("write", self.ctx.meta, _write_sidecar, self.ctx.meta, validator)
 
-    async def _flush(self) -> None:
-        """Write the buffered bytes to the end of .part in one thread hop and empty it."""
-        if not self.buffer.filled:
+    async def _flush(self, *, wait: bool = True) -> None:
+        """Hand the received chunks to a worker thread (one hop per batch), which hashes
+        them and writes them at the end of .part while the loop receives the next batch.
+        With ``wait``, return only once every byte is written."""
+        await self._settle()
+        if self.pending:
+            chunks, self.pending = self.pending, []
+            self.writing_size, self.pending_size = self.pending_size, 0
+            part = _PartWrite(self.fd, self.done, self.hasher)
+            self.writing = asyncio.ensure_future(_write_all(part, chunks))
+        if wait:
+            await self._settle()
+
+    async def _settle(self) -> None:
+        """Wait for the write in flight, if any."""
+        if self.writing is None:
             return
-        data = self.buffer.view()
+        writing, self.writing = self.writing, None
         # Counted before the await: if cancelled meanwhile, the thread still finishes this
-        # write (_finish_before_cancel), and a second flush must not write it again.
-        self.done += self.buffer.filled
-        self.buffer.filled = 0
+        # write (_finish_before_cancel), and the next batch must go after it.
+        self.done += self.writing_size
+        self.writing_size = 0
         try:
-            await _finish_before_cancel(_write_all(self.file, data))
+            await _finish_before_cancel(writing)
         except OSError as exc:
             raise self.ctx.error(_disk_message(exc, "write", self.ctx.part)) from exc
         if self.on_progress is not None:
-            self.on_progress(self.done, self.total)
+            # Bytes received, like the per-chunk reports: never less than the last report.
+            self.on_progress(self.done + self.pending_size, self.total)
 
     async def _finish(self) -> VideoFile:
         """Rename the complete .part to the final name, still holding its lock."""
@@ -662,21 +682,32 @@ class _Transfer:
     async def _stream(self, resp: aiohttp.ClientResponse, total: int | None) -> None:
         """Copy the body to .part, one write per ``write_buffer`` bytes."""
         self.total = total
-        self.buffer.filled = 0
+        self.pending, self.pending_size = [], 0
         try:
             async for chunk in resp.content.iter_chunked(self.policy.chunk_size):
-                self.hasher.update(chunk)
-                if self.buffer.add(chunk):
-                    await self._flush()  # reports progress itself
+                self.pending.append(chunk)
+                self.pending_size += len(chunk)
+                if self.pending_size >= self.policy.write_buffer:
+                    await self._flush(wait=False)  # reports progress as writes complete
                 elif self.on_progress is not None:
                     # Per chunk, not per write: a video smaller than the write buffer
                     # would otherwise show no progress until it is done.
-                    self.on_progress(self.done + self.buffer.filled, self.total)
+                    received = self.done + self.writing_size + self.pending_size
+                    self.on_progress(received, self.total)
         except (aiohttp.ClientError, TimeoutError, asyncio.CancelledError):
             # What did arrive is a correct prefix: keep it, so the next try (or, after a
             # cancellation, the next run) resumes after it. One write, then the error goes on;
             # a second cancellation during it still ends it (_finish_before_cancel).
             await self._flush()
+            raise
+        except BaseException:
+            # Anything else: write nothing more, but let a thread still writing through the
+            # descriptor finish before our caller closes it.
+            if self.writing is not None:
+                writing, self.writing = self.writing, None
+                await asyncio.wait([writing])
+                if not writing.cancelled():
+                    writing.exception()  # retrieved, so asyncio does not log it
             raise
         await self._flush()
         if total is not None and self.done < total:
@@ -763,36 +794,55 @@ class _Transfer:
 # --- helpers -------------------------------------------------------------------------------
 
 
-class _Buffer:
-    """Chunks gathered for one write, in one allocation made up front: a growing bytearray
-    would be copied as it grows, briefly holding two buffers."""
+@attrs.frozen
+class _PartWrite:
+    """Where one batch goes: the .part descriptor, its offset there, the running hash."""
 
-    def __init__(self, write_buffer: int, chunk_size: int) -> None:
-        self.limit = write_buffer
-        # A chunk is at most chunk_size bytes, added while fewer than limit are held.
-        self._view = memoryview(bytearray(write_buffer + chunk_size))
-        self.filled = 0
-
-    def add(self, chunk: bytes) -> bool:
-        """Append ``chunk``; True when the buffer is due to be written."""
-        end = self.filled + len(chunk)
-        self._view[self.filled : end] = chunk
-        self.filled = end
-        return end >= self.limit
-
-    def view(self) -> memoryview:
-        return self._view[: self.filled]
+    fd: int
+    offset: int
+    hasher: _Hash
 
 
-async def _write_all(file: AsyncFileIO, data: memoryview) -> None:
-    """Write all of ``data`` at the file position. The one place bytes reach the disk:
+def _iov_max() -> int:
+    try:
+        return max(1, min(os.sysconf("SC_IOV_MAX"), 1024))
+    except (AttributeError, ValueError, OSError):
+        return 16
+
+
+_IOV_MAX = _iov_max()
+
+
+def _hash_and_write(part: _PartWrite, chunks: list[bytes]) -> None:
+    """In a worker thread (hashlib and pwritev release the GIL): hash the chunks in order
+    and write them at ``part.offset`` as received, no copy into one buffer, at most
+    IOV_MAX of them per system call."""
+    offset = part.offset
+    for start in range(0, len(chunks), _IOV_MAX):
+        group = chunks[start : start + _IOV_MAX]
+        for chunk in group:
+            part.hasher.update(chunk)
+        size = sum(map(len, group))
+        written = os.pwritev(part.fd, group, offset) if hasattr(os, "pwritev") else 0
+        if written < size:  # a short write (rare), or Windows (no pwritev): finish it
+            rest = memoryview(b"".join(group))[written:]
+            os.lseek(part.fd, offset + written, os.SEEK_SET)
+            while rest:
+                more = os.write(part.fd, rest)
+                if not more:
+                    raise OSError(errno.EIO, "the file system accepted no more bytes")
+                rest = rest[more:]
+        offset += size
+
+
+#: ``_hash_and_write`` on aiofiles' executor: one thread hop per batch.
+_hash_and_write_async = aiofiles.os.wrap(_hash_and_write)
+
+
+async def _write_all(part: _PartWrite, chunks: list[bytes]) -> None:
+    """Hash and write ``chunks`` in one thread hop. The one place bytes reach the disk:
     tests replace it to simulate a full disk or a refused write."""
-    written = await file.write(data)
-    while written < len(data):  # a short write, rare on regular files: finish it
-        more = await file.write(bytes(data[written:]))
-        if not more:
-            raise OSError(errno.EIO, "the file system accepted no more bytes")
-        written += more
+    await _hash_and_write_async(part, chunks)
 
 
 async def _finish_before_cancel(op: Awaitable[_T]) -> _T:
