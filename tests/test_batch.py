@@ -14,6 +14,23 @@ from siliconflow_video.testing import DropMidBody, FakeSiliconFlow, SlowBody, se
 from .conftest import make_client
 
 
+class Transfers:
+    """A progress callback that counts the videos in transfer at once (first bytes to
+    complete file) and keeps the peak."""
+
+    def __init__(self) -> None:
+        self.active: set[tuple[str, int | None]] = set()
+        self.peak = 0
+
+    def __call__(self, event: ProgressEvent) -> None:
+        key = (event.request_id, event.index)
+        if event.kind is EventKind.BYTES:
+            self.active.add(key)
+            self.peak = max(self.peak, len(self.active))
+        elif event.kind is EventKind.FILE:
+            self.active.discard(key)
+
+
 async def test_outcomes_come_back_in_order_and_typed(
     fake: FakeSiliconFlow, client: AsyncClient, tmp_path: Path
 ) -> None:
@@ -61,24 +78,13 @@ async def test_download_limit_is_respected(fake: FakeSiliconFlow, tmp_path: Path
     """No more than max_concurrent_downloads videos are in transfer at once."""
     ids = [fake.add_job(videos=[120_000]) for _ in range(6)]
     fake.add_fault("video", SlowBody(400_000), times=None)
-    active: set[tuple[str, int | None]] = set()
-    peak = 0
-
-    def progress(event: ProgressEvent) -> None:
-        nonlocal peak
-        key = (event.request_id, event.index)
-        if event.kind is EventKind.BYTES:
-            active.add(key)
-            peak = max(peak, len(active))
-        elif event.kind is EventKind.FILE:
-            active.discard(key)
-
+    transfers = Transfers()
     async with make_client(fake) as client:
         outcomes = await client.wait_and_download(
-            ids, tmp_path, max_concurrent_downloads=2, progress=progress
+            ids, tmp_path, max_concurrent_downloads=2, progress=transfers
         )
     assert all(o.ok for o in outcomes)
-    assert peak == 2
+    assert transfers.peak == 2
 
 
 async def test_rerun_fetches_nothing(
@@ -260,23 +266,13 @@ async def test_per_call_download_limit_above_the_client_default(
     """max_concurrent_downloads given per call is honoured even above the client's own."""
     ids = [fake.add_job(videos=[150_000]) for _ in range(8)]
     fake.add_fault("video", SlowBody(300_000), times=None)
-    active: set[str] = set()
-    peak = 0
-
-    def progress(event: ProgressEvent) -> None:
-        nonlocal peak
-        if event.kind is EventKind.BYTES:
-            active.add(event.request_id)
-            peak = max(peak, len(active))
-        elif event.kind is EventKind.FILE:
-            active.discard(event.request_id)
-
+    transfers = Transfers()
     async with make_client(fake, max_concurrent_downloads=1) as client:
         outcomes = await client.wait_and_download(
-            ids, tmp_path, max_concurrent_downloads=6, progress=progress
+            ids, tmp_path, max_concurrent_downloads=6, progress=transfers
         )
     assert all(o.ok for o in outcomes)
-    assert peak == 6
+    assert transfers.peak == 6
 
 
 async def test_names_differing_only_in_case_clash(
