@@ -479,14 +479,12 @@ class _Transfer:
                 "read", self.ctx.part, _hash_file, self.ctx.part, size, self.policy.write_buffer
             )
             self.total = known_total
-        self.done = size
-        await self._seek_end()
+        self.done = size  # the next write goes to this offset
 
     async def _start_over(self) -> None:
         """Throw the partial bytes and their sidecar away: never splice two responses."""
         try:
-            await self.file.truncate(0)
-            await self.file.seek(0)
+            await self.file.truncate(0)  # no seek: every write goes to an explicit offset
         except OSError as exc:
             raise self.ctx.error(_disk_message(exc, "truncate", self.ctx.part)) from exc
         self.done = 0
@@ -494,12 +492,6 @@ class _Transfer:
         self.hasher = hashlib.sha256()
         self.validator = None
         await self.ctx.disk("remove", self.ctx.meta, _remove_leftovers, self.ctx.meta)
-
-    async def _seek_end(self) -> None:
-        try:
-            await self.file.seek(self.done)
-        except OSError as exc:
-            raise self.ctx.error(_disk_message(exc, "seek in", self.ctx.part)) from exc
 
     async def _remember(self, validator: _Validator) -> None:
         self.validator = validator
