@@ -127,20 +127,20 @@ class RateGovernor:
             self._paused_until = max(self._paused_until, now + retry_after)
         # Always over a whole window, even for a client younger than that: a short span
         # would take the server's burst allowance for its rate and cause a storm of 429s.
-        # Guessing low costs a few seconds instead, as the creep below speeds up.
-        span = self._window
-        if now - self._last_decrease < span:
+        # Guessing low costs a few seconds instead, as the creep in on_accepted speeds up.
+        window = self._window
+        if now - self._last_decrease < window:
             return  # 429s of requests already in flight: this episode is counted
-        horizon = now - span
+        horizon = now - window
         accepted = self._recent(self._accepted, horizon)
         limited = self._recent(self._limited, horizon)
         if self._rate is None and accepted + limited < self._min_sample:
             return  # a trickle of requests: each one's own backoff is enough
         self._last_decrease = now
         if accepted >= 2:
-            target = accepted / span * self._headroom
+            target = accepted / window * self._headroom
         else:  # nothing gets through (a daily quota?): halve until something does
-            target = (self._rate or (accepted + limited) / span) / 2
+            target = (self._rate or (accepted + limited) / window) / 2
         if self._rate is not None:
             target = min(target, self._rate * self._headroom)
         self._rate = max(self._min_rate, target)
