@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--uvloop-variant",
         action="store_true",
-        help="also measure the library with its clients on uvloop (the 'speed' extra), "
+        help="also measure the library with its clients on uvloop (installed separately), "
         "interleaved with the others",
     )
     args = parser.parse_args(argv)

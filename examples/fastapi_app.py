@@ -50,9 +50,7 @@ def create_app(
             raise HTTPException(502, detail=str(outcome.error))
         return {
             "request_id": request_id,
-            "files": [
-                {"path": str(f.path), "size": f.size, "sha256": f.sha256} for f in outcome.files
-            ],
+            "files": [{"path": str(f.path), "size": f.size} for f in outcome.files],
         }
 
     return app

@@ -24,7 +24,7 @@ async def main(prompt: str) -> int:
         print(f"{request_id}: {status.status}, {len(status.urls)} video(s)")
         [outcome] = await client.wait_and_download([request_id], "videos/")
         for video in outcome.files:
-            print(f"{video.path}  {video.size} bytes  sha256 {video.sha256}")
+            print(f"{video.path}  {video.size} bytes")
         return 0 if outcome.ok else 1
 
 

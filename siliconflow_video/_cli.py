@@ -245,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="at most N videos downloading at once (default: 4)",
     )
+    download.add_argument(
+        "--sha256",
+        action="store_true",
+        help="compute each video's sha256 while it downloads (costs about as much CPU as "
+        "the download; printed with --json)",
+    )
     _add_timeout(download)
     _add_max_requests(download)
     _add_json(download)
@@ -490,7 +496,7 @@ class Row:
     status: str | None = None
     reason: str | None = None
     paths: tuple[str, ...] = ()
-    sha256: tuple[str, ...] = ()
+    sha256: tuple[str | None, ...] = ()  # one per path; None where not computed
     error: BaseException | None = None
     urls: tuple[str, ...] | None = None  # None: a download row, which has no "urls" key
 
@@ -627,9 +633,8 @@ class Cli:
                 "no API key",
                 f"set the {API_KEY_ENV} environment variable (or pass --api-key)",
             )
-        client = AsyncClient(
-            api_key=key, base_url=self.args.base_url, download=CLI_DOWNLOAD, **options
-        )
+        options.setdefault("download", CLI_DOWNLOAD)
+        client = AsyncClient(api_key=key, base_url=self.args.base_url, **options)
         self.base_url = client.base_url
         return client
 
@@ -661,6 +666,7 @@ class Cli:
             async with self.client(
                 max_concurrent_requests=args.max_requests,
                 max_concurrent_downloads=args.concurrency,
+                download=attrs.evolve(CLI_DOWNLOAD, sha256=args.sha256),
             ) as client:
                 await check_destination(dest)
                 await self.preflight(client, ids)

@@ -89,6 +89,11 @@ class DownloadPolicy:
     max_url_refreshes: int = attrs.field(default=3)
     #: fsync each file before its rename, so it survives a power cut, not only a crash.
     fsync: bool = False
+    #: Compute each video's sha256 while it streams (``VideoFile.sha256``). Off by default:
+    #: it costs about as much CPU as the download itself, and SiliconFlow publishes no
+    #: digest to check it against (the length and the ``ETag``/``Last-Modified`` validator
+    #: guard every download either way).
+    sha256: bool = False
 
 
 DEFAULT_RETRY = RetryPolicy()

@@ -79,8 +79,9 @@ async def run_demo(
             base_url=fake.base_url,
             poll_interval=0.25,
             max_poll_interval=0.5,
-            # Flush (and report progress) every 256 KiB, so the bars move smoothly.
-            download=DownloadPolicy(write_buffer=256 * 1024),
+            # Flush (and report progress) every 256 KiB, so the bars move smoothly; hash,
+            # so the summary can check every file against what the fake served.
+            download=DownloadPolicy(write_buffer=256 * 1024, sha256=True),
         ) as client:
             ids: list[str] = []
             for job in DEMO_JOBS:

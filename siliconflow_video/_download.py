@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -84,14 +85,14 @@ _XML_FIELD = re.compile(r"<(Code|Message)>([^<]{0,200})</\1>")
 class VideoFile:
     """A complete video on disk.
 
-    ``sha256`` is the hex digest of its bytes; ``reused`` is True when a complete file was
-    already at ``path`` and nothing was downloaded; ``index`` is the video's place in the
-    job's ``results.videos``.
+    ``sha256`` is the hex digest of its bytes when ``DownloadPolicy(sha256=True)`` asked
+    for it, else None; ``reused`` is True when a complete file was already at ``path`` and
+    nothing was downloaded; ``index`` is the video's place in the job's ``results.videos``.
     """
 
     path: Path
     size: int
-    sha256: str
+    sha256: str | None
     reused: bool
     index: int
 
@@ -108,7 +109,8 @@ async def download_video(
     on_progress: Callable[[int, int | None], None] | None = None,
 ) -> VideoFile:
     """Bring the video at ``url`` to ``path`` (an already validated file path), resuming
-    any ``.part`` left by an earlier run, and return it with its size and sha256.
+    any ``.part`` left by an earlier run, and return it with its size (and its sha256, when
+    the policy asks for it).
 
     ``session`` belongs to the caller and is used only for the video host: it is not closed,
     and no Authorization header is added. ``refresh_url`` asks ``/video/status`` again for a
@@ -209,18 +211,22 @@ async def _reuse_complete(
     policy: DownloadPolicy,
     on_progress: Callable[[int, int | None], None] | None,
 ) -> VideoFile | None:
-    """The file already at the final path, hashed; None when there is none."""
-    kind = await asyncio.to_thread(_kind_of, ctx.path)
-    if kind is None:
+    """The file already at the final path (hashed if the policy asks); None when there is
+    none."""
+    found = await asyncio.to_thread(_size_of, ctx.path)
+    if found is None:
         return None
-    if kind != "file":
+    if found == "other":
         raise ctx.error(f"{ctx.path} exists and is not a regular file; move it away")
-    size, hasher = await ctx.disk("read", ctx.path, _hash_file, ctx.path, None, policy.write_buffer)
+    size, digest = found, None
+    if policy.sha256:
+        size, hasher = await ctx.disk(
+            "read", ctx.path, _hash_file, ctx.path, None, policy.write_buffer
+        )
+        digest = hasher.hexdigest()
     if on_progress is not None:
         on_progress(size, size)
-    return VideoFile(
-        path=ctx.path, size=size, sha256=hasher.hexdigest(), reused=True, index=ctx.index
-    )
+    return VideoFile(path=ctx.path, size=size, sha256=digest, reused=True, index=ctx.index)
 
 
 async def _reuse_or_fail(
@@ -232,6 +238,10 @@ async def _reuse_or_fail(
     if found is None:  # pragma: no cover - only reached if the file vanished in between
         raise ctx.error(f"{ctx.path} disappeared right after another process wrote it")
     return found
+
+
+def _new_hasher(policy: DownloadPolicy) -> _Hash | None:
+    return hashlib.sha256() if policy.sha256 else None
 
 
 def _hash_file(path: Path, length: int | None, block: int) -> tuple[int, _Hash]:
@@ -249,11 +259,17 @@ def _hash_file(path: Path, length: int | None, block: int) -> tuple[int, _Hash]:
     return size, hasher
 
 
-def _kind_of(path: Path) -> Literal["file", "other"] | None:
-    """ "file" for a regular file (or a link to one), "other", or None when nothing is there."""
-    if not os.path.lexists(path):
-        return None
-    return "file" if os.path.isfile(path) else "other"
+def _size_of(path: Path) -> int | Literal["other"] | None:
+    """The size of the regular file (or link to one) at ``path``; "other" when something
+    else is there; None when nothing is."""
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        # Nothing there, or a dangling link: a link is something, and must not be replaced.
+        return "other" if os.path.lexists(path) else None
+    except OSError:
+        return "other"
+    return info.st_size if stat.S_ISREG(info.st_mode) else "other"
 
 
 def _make_folder(folder: Path) -> None:
@@ -422,8 +438,8 @@ class _Transfer:
         )
         self.validator: _Validator | None = None
         self.total: int | None = None
-        self.done = 0  # bytes in .part, all of them hashed
-        self.hasher = hashlib.sha256()
+        self.done = 0  # bytes in .part, all of them hashed when hashing
+        self.hasher = _new_hasher(policy)
         self.refreshes = 0
         self.same_url_retried = False
         # Chunks received but not yet handed to a write, and the write in flight (at most
@@ -474,10 +490,11 @@ class _Transfer:
             await self._start_over()
             return
         if size:
-            # Hash the kept prefix now: the digest must cover the whole file at the end.
-            size, self.hasher = await self.ctx.disk(
-                "read", self.ctx.part, _hash_file, self.ctx.part, size, self.policy.write_buffer
-            )
+            if self.hasher is not None:
+                # Hash the kept prefix now: the digest must cover the whole file at the end.
+                size, self.hasher = await self.ctx.disk(
+                    "read", self.ctx.part, _hash_file, self.ctx.part, size, self.policy.write_buffer
+                )
             self.total = known_total
         self.done = size  # the next write goes to this offset
 
@@ -489,7 +506,7 @@ class _Transfer:
             raise self.ctx.error(_disk_message(exc, "truncate", self.ctx.part)) from exc
         self.done = 0
         self.total = None
-        self.hasher = hashlib.sha256()
+        self.hasher = _new_hasher(self.policy)
         self.validator = None
         await self.ctx.disk("remove", self.ctx.meta, _remove_leftovers, self.ctx.meta)
 
@@ -547,7 +564,7 @@ class _Transfer:
         return VideoFile(
             path=path,
             size=self.done,
-            sha256=self.hasher.hexdigest(),
+            sha256=self.hasher.hexdigest() if self.hasher is not None else None,
             reused=False,
             index=self.ctx.index,
         )
@@ -788,11 +805,12 @@ class _Transfer:
 
 @attrs.frozen
 class _PartWrite:
-    """Where one batch goes: the .part descriptor, its offset there, the running hash."""
+    """Where one batch goes: the .part descriptor, its offset there, the running hash
+    (None when not hashing)."""
 
     fd: int
     offset: int
-    hasher: _Hash
+    hasher: _Hash | None
 
 
 def _iov_max() -> int:
@@ -812,8 +830,9 @@ def _hash_and_write(part: _PartWrite, chunks: list[bytes]) -> None:
     offset = part.offset
     for start in range(0, len(chunks), _IOV_MAX):
         group = chunks[start : start + _IOV_MAX]
-        for chunk in group:
-            part.hasher.update(chunk)
+        if part.hasher is not None:
+            for chunk in group:
+                part.hasher.update(chunk)
         size = sum(map(len, group))
         written = os.pwritev(part.fd, group, offset) if hasattr(os, "pwritev") else 0
         if written < size:  # a short write (rare), or Windows (no pwritev): finish it

@@ -140,7 +140,15 @@ def test_download_json_lines_shape_and_exit_1(server: FakeSiliconFlow, tmp_path:
     failed = server.add_job(outcome="Failed", reason="content moderation")
     good = server.add_job(videos=[4096])
     proc = cli(
-        "download", failed, "unknown-id", good, "-o", str(tmp_path), "--json", env=env_for(server)
+        "download",
+        failed,
+        "unknown-id",
+        good,
+        "-o",
+        str(tmp_path),
+        "--json",
+        "--sha256",
+        env=env_for(server),
     )
     assert proc.returncode == 1, proc.stderr
     assert_clean(proc)
@@ -307,7 +315,7 @@ def test_submit_prints_the_request_id(server: FakeSiliconFlow, tmp_path: Path) -
     (row,) = json_lines(proc.stdout)
     assert set(row) == DOWNLOAD_KEYS
     assert row["error"] is None
-    assert row["sha256"] == [server.video_sha256(str(row["request_id"]))]
+    assert row["sha256"] == [None]  # one entry per path; hashing was not asked for
 
     bad = cli("submit", "--model", "m", "--prompt", "p", "--image-size", "1x1", env=env_for(server))
     assert bad.returncode == 1

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import attrs
 import pytest
 from aiohttp import web
 
@@ -56,6 +57,7 @@ POLICY = DownloadPolicy(
     max_delay=0.01,
     connect_timeout=2.0,
     read_timeout=2.0,
+    sha256=True,  # so every test also checks the digest computed while streaming
 )
 
 Refresh = Callable[[], Awaitable[str | None]]
@@ -136,11 +138,13 @@ def meta_of(path: Path) -> Path:
     return path.with_name(path.name + ".part.json")
 
 
-def assert_clean_success(result: VideoFile, path: Path, expected: bytes) -> None:
+def assert_clean_success(
+    result: VideoFile, path: Path, expected: bytes, *, hashed: bool = True
+) -> None:
     assert result.path == path
     assert path.read_bytes() == expected
     assert result.size == len(expected)
-    assert result.sha256 == hashlib.sha256(expected).hexdigest()
+    assert result.sha256 == (hashlib.sha256(expected).hexdigest() if hashed else None)
     assert not part_of(path).exists()
     assert not meta_of(path).exists()
 
@@ -205,10 +209,25 @@ async def test_fsync_policy_completes(
     """With fsync on, the file and its folder are flushed and the result is the same."""
     rid = fake.add_job(videos=[SIZE])
     path = tmp_path / "v.mp4"
-    policy = DownloadPolicy(chunk_size=16 * KIB, write_buffer=64 * KIB, fsync=True)
+    policy = attrs.evolve(POLICY, fsync=True)
     url = await status_url(session, fake, rid)
     result = await fetch(session, url, path, rid=rid, policy=policy)
     assert_clean_success(result, path, fake.video_bytes(rid))
+
+
+async def test_default_policy_reports_no_sha256(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """By default nothing is hashed: sha256 is None, for a download and for a reused file."""
+    assert DownloadPolicy().sha256 is False
+    rid = fake.add_job(videos=[SIZE])
+    url = await status_url(session, fake, rid)
+    path = tmp_path / "v.mp4"
+    policy = attrs.evolve(POLICY, sha256=False)
+    first = await fetch(session, url, path, rid=rid, policy=policy)
+    assert_clean_success(first, path, fake.video_bytes(rid), hashed=False)
+    again = await fetch(session, url, path, rid=rid, policy=policy)
+    assert (again.reused, again.size, again.sha256) == (True, SIZE, None)
 
 
 async def test_final_file_present_means_no_request(
@@ -312,9 +331,7 @@ async def test_read_timeout_is_retried(
     rid = fake.add_job(videos=[SIZE])
     fake.add_fault("video", Slow(1.0))
     path = tmp_path / "v.mp4"
-    policy = DownloadPolicy(
-        chunk_size=16 * KIB, write_buffer=64 * KIB, base_delay=0.001, read_timeout=0.2
-    )
+    policy = attrs.evolve(POLICY, base_delay=0.001, read_timeout=0.2)
     url = await status_url(session, fake, rid)
     result = await fetch(session, url, path, rid=rid, policy=policy)
     assert_clean_success(result, path, fake.video_bytes(rid))
@@ -571,19 +588,22 @@ async def test_part_without_sidecar_starts_over(
     assert "Range" not in request.headers
 
 
+@pytest.mark.parametrize("hashed", [True, False], ids=["sha256", "no-sha256"])
 async def test_resume_from_an_earlier_process(
-    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path, hashed: bool
 ) -> None:
     """A .part and sidecar left by another process are resumed with Range, and the sha256
-    covers the kept prefix too."""
+    (when asked for) covers the kept prefix too."""
     rid = fake.add_job(videos=[SIZE])
     video = fake.jobs[rid].videos[0]
     path = tmp_path / "v.mp4"
     kept = 123_457
     part_of(path).write_bytes(fake.video_bytes(rid)[:kept])
     meta_of(path).write_text(json.dumps({"etag": video.etag, "last_modified": None, "total": SIZE}))
-    result = await fetch(session, await status_url(session, fake, rid), path, rid=rid)
-    assert_clean_success(result, path, fake.video_bytes(rid))
+    policy = attrs.evolve(POLICY, sha256=hashed)
+    url = await status_url(session, fake, rid)
+    result = await fetch(session, url, path, rid=rid, policy=policy)
+    assert_clean_success(result, path, fake.video_bytes(rid), hashed=hashed)
     (request,) = fake.requests_for("video", rid)
     assert request.headers["Range"] == f"bytes={kept}-"
     assert request.status == 206
@@ -705,7 +725,9 @@ async def test_memory_stays_flat_for_64_mib(
     peak of traced allocations stays under 3 x write_buffer."""
     size = 64 * MIB
     rid = fake.add_job(videos=[size, 256 * KIB])
-    policy = DownloadPolicy(chunk_size=64 * KIB, write_buffer=2 * MIB, base_delay=0.001)
+    policy = DownloadPolicy(
+        chunk_size=64 * KIB, write_buffer=2 * MIB, base_delay=0.001, sha256=True
+    )
     expected = fake.video_sha256(rid)  # also builds the fake's content block up front
     url = await status_url(session, fake, rid)
     # Warm up connection pools, thread pool and imports outside the measurement.
