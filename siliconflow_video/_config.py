@@ -74,8 +74,6 @@ class PollPolicy:
 class DownloadPolicy:
     """How one video is brought to disk."""
 
-    #: Bytes asked of the socket at a time.
-    chunk_size: int = attrs.field(default=1024 * 1024, validator=_at_least_one)
     #: Bytes gathered in memory before one write to disk (one thread hop per write).
     write_buffer: int = attrs.field(default=4 * 1024 * 1024, validator=_at_least_one)
     #: Tries per video for 5xx, resets, timeouts and short bodies (each resumes).

@@ -693,7 +693,9 @@ class _Transfer:
         self.total = total
         self.pending, self.pending_size = [], 0
         try:
-            async for chunk in resp.content.iter_chunked(self.policy.chunk_size):
+            # iter_any: each piece as it came off the socket, never joined into bigger
+            # ones (iter_chunked's join copied every byte once more).
+            async for chunk in resp.content.iter_any():
                 self.pending.append(chunk)
                 self.pending_size += len(chunk)
                 if self.pending_size >= self.policy.write_buffer:

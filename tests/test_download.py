@@ -50,7 +50,6 @@ MIB = 1024 * KIB
 SIZE = 600 * KIB
 
 POLICY = DownloadPolicy(
-    chunk_size=16 * KIB,
     write_buffer=64 * KIB,
     max_attempts=6,
     base_delay=0.001,
@@ -725,9 +724,7 @@ async def test_memory_stays_flat_for_64_mib(
     peak of traced allocations stays under 3 x write_buffer."""
     size = 64 * MIB
     rid = fake.add_job(videos=[size, 256 * KIB])
-    policy = DownloadPolicy(
-        chunk_size=64 * KIB, write_buffer=2 * MIB, base_delay=0.001, sha256=True
-    )
+    policy = DownloadPolicy(write_buffer=2 * MIB, base_delay=0.001, sha256=True)
     expected = fake.video_sha256(rid)  # also builds the fake's content block up front
     url = await status_url(session, fake, rid)
     # Warm up connection pools, thread pool and imports outside the measurement.
@@ -867,7 +864,8 @@ async def test_cancel_during_a_disk_write_never_writes_twice(
 ) -> None:
     """A cancellation that lands while a buffer is being written leaves .part an exact
     prefix (the buffer is written once, not again on the way out), and the rerun is whole."""
-    rid = fake.add_job(videos=[SIZE])
+    size = 4 * MIB  # far more than arrives while the first write is held up
+    rid = fake.add_job(videos=[size])
     url = await status_url(session, fake, rid)
     path = tmp_path / "v.mp4"
     writing = asyncio.Event()
@@ -879,14 +877,14 @@ async def test_cancel_during_a_disk_write_never_writes_twice(
         await real_write(file, data)
 
     monkeypatch.setattr(_download, "_write_all", slow_write)
-    policy = POLICY  # 16 KiB chunks, 64 KiB write buffer: several writes per video
+    policy = POLICY  # 64 KiB write buffer: many writes per video
     task = asyncio.create_task(fetch(session, url, path, rid=rid, policy=policy))
     await writing.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     kept = part_of(path).read_bytes()
-    assert 0 < len(kept) < SIZE
+    assert 0 < len(kept) < size
     assert kept == fake.video_bytes(rid)[: len(kept)]
 
     monkeypatch.setattr(_download, "_write_all", real_write)

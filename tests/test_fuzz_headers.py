@@ -42,7 +42,6 @@ VIDEO = random.Random("fuzz-headers").randbytes(SIZE)
 ETAG = '"v1-' + hashlib.sha256(VIDEO).hexdigest()[:16] + '"'
 POLICY = DownloadPolicy(
     sha256=True,
-    chunk_size=4096,
     write_buffer=8192,
     max_attempts=4,
     base_delay=0.001,

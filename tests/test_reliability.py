@@ -145,7 +145,6 @@ WORKER = textwrap.dedent(
             max_poll_interval=0.2,
             retry=RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05),
             download=DownloadPolicy(
-                chunk_size=16 * 1024,
                 write_buffer=64 * 1024,
                 max_attempts=20,
                 base_delay=0.001,
@@ -232,7 +231,6 @@ SOAK_RATE_LIMIT = 80.0
 SOAK_BURST = 80
 SOAK_RETRY = RetryPolicy(max_attempts=8, base_delay=0.005, max_delay=0.05)
 SOAK_DOWNLOAD = DownloadPolicy(
-    chunk_size=32 * KIB,
     write_buffer=128 * KIB,
     max_attempts=20,
     base_delay=0.001,
@@ -510,7 +508,7 @@ async def test_cancel_mid_transfer_is_prompt_clean_and_resumable(
                     api_key=KEY,
                     base_url=fake.base_url,
                     poll_interval=0.05,
-                    download=DownloadPolicy(write_buffer=32 * KIB, chunk_size=8 * KIB),
+                    download=DownloadPolicy(write_buffer=32 * KIB),
                     progress=progress,
                 )
             task = asyncio.create_task(batch)
