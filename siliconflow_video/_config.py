@@ -87,6 +87,12 @@ class DownloadPolicy:
     max_url_refreshes: int = attrs.field(default=3)
     #: fsync each file before its rename, so it survives a power cut, not only a crash.
     fsync: bool = False
+    #: Longest a disk write (with its hashing) may hold the event loop, in seconds. Bytes
+    #: are written from the loop as they arrive, while they are still in the CPU's cache
+    #: (half the cost of handing them to a thread); after one write slower than this,
+    #: writes go through worker threads, a ``write_buffer`` at a time, for a minute.
+    #: 0: always through worker threads.
+    max_loop_write: float = attrs.field(default=0.005, validator=attrs.validators.ge(0))
     #: Compute each video's sha256 while it streams (``VideoFile.sha256``). Off by default:
     #: it costs about as much CPU as the download itself, and SiliconFlow publishes no
     #: digest to check it against (the length and the ``ETag``/``Last-Modified`` validator

@@ -37,9 +37,10 @@ import os
 import re
 import stat
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn, TypeVar
 
 import aiofiles
 import aiofiles.os
@@ -523,7 +524,7 @@ class _Transfer:
             chunks, self.pending = self.pending, []
             self.writing_size, self.pending_size = self.pending_size, 0
             part = _PartWrite(self.fd, self.done, self.hasher)
-            self.writing = asyncio.ensure_future(_write_all(part, chunks))
+            self.writing = asyncio.ensure_future(_write_in_thread(part, chunks))
         if wait:
             await self._settle()
 
@@ -689,13 +690,20 @@ class _Transfer:
         )
 
     async def _stream(self, resp: aiohttp.ClientResponse, total: int | None) -> None:
-        """Copy the body to .part, one write per ``write_buffer`` bytes."""
+        """Copy the body to .part: each piece from the loop as it arrives while such writes
+        are quick, else one worker-thread write per ``write_buffer`` bytes."""
         self.total = total
         self.pending, self.pending_size = [], 0
+        on_loop = _LOOP_WRITES.allowed(self.policy)
         try:
             # iter_any: each piece as it came off the socket, never joined into bigger
             # ones (iter_chunked's join copied every byte once more).
             async for chunk in resp.content.iter_any():
+                if on_loop:
+                    on_loop = self._write_on_loop(chunk)
+                    if self.on_progress is not None:
+                        self.on_progress(self.done, self.total)
+                    continue
                 self.pending.append(chunk)
                 self.pending_size += len(chunk)
                 if self.pending_size >= self.policy.write_buffer:
@@ -726,6 +734,22 @@ class _Transfer:
         if total is not None and self.done > total:
             await self._start_over()
             raise _Retry(f"the host sent more than the {total} bytes it announced")
+
+    def _write_on_loop(self, chunk: bytes) -> bool:
+        """Write (and hash) ``chunk`` now, from the event loop, while its bytes are still in
+        this core's cache: half the cost of handing them to a thread. False when that took
+        longer than ``max_loop_write``: the rest goes through worker threads."""
+        started = time.perf_counter()
+        try:
+            _write_at(_PartWrite(self.fd, self.done, self.hasher), [chunk])
+        except OSError as exc:
+            raise self.ctx.error(_disk_message(exc, "write", self.ctx.part)) from exc
+        self.done += len(chunk)
+        took = time.perf_counter() - started
+        if took <= self.policy.max_loop_write:
+            return True
+        _LOOP_WRITES.hold_back(took, self.ctx.part)
+        return False
 
     # -- expiry and retries
 
@@ -825,10 +849,11 @@ def _iov_max() -> int:
 _IOV_MAX = _iov_max()
 
 
-def _hash_and_write(part: _PartWrite, chunks: list[bytes]) -> None:
-    """In a worker thread (hashlib and pwritev release the GIL): hash the chunks in order
-    and write them at ``part.offset`` as received, no copy into one buffer, at most
-    IOV_MAX of them per system call."""
+def _write_at(part: _PartWrite, chunks: list[bytes]) -> None:
+    """Hash the chunks in order and write them at ``part.offset`` as received, no copy into
+    one buffer, at most IOV_MAX of them per system call. The one place video bytes reach
+    the disk, from the loop or a worker thread (hashlib and pwritev release the GIL): tests
+    replace it to simulate a full disk or a refused write."""
     offset = part.offset
     for start in range(0, len(chunks), _IOV_MAX):
         group = chunks[start : start + _IOV_MAX]
@@ -848,14 +873,40 @@ def _hash_and_write(part: _PartWrite, chunks: list[bytes]) -> None:
         offset += size
 
 
-#: ``_hash_and_write`` on aiofiles' executor: one thread hop per batch.
-_hash_and_write_async = aiofiles.os.wrap(_hash_and_write)
+def _write_at_now(part: _PartWrite, chunks: list[bytes]) -> None:
+    _write_at(part, chunks)  # looked up at each call, so a test's replacement is used
 
 
-async def _write_all(part: _PartWrite, chunks: list[bytes]) -> None:
-    """Hash and write ``chunks`` in one thread hop. The one place bytes reach the disk:
-    tests replace it to simulate a full disk or a refused write."""
-    await _hash_and_write_async(part, chunks)
+#: ``_write_at`` on aiofiles' executor: one thread hop per batch.
+_write_in_thread = aiofiles.os.wrap(_write_at_now)
+
+
+@attrs.define
+class _LoopWrites:
+    """Whether video bytes may be written from the event loop, for the whole process: a
+    write to the page cache takes microseconds, but a slow disk (or network file system)
+    can hold one for much longer, and then every task on the loop waits. After one write
+    slower than ``DownloadPolicy.max_loop_write``, writes go through worker threads for
+    ``HOLD_BACK`` seconds."""
+
+    HOLD_BACK: ClassVar[float] = 60.0
+    until: float = 0.0
+
+    def allowed(self, policy: DownloadPolicy) -> bool:
+        return policy.max_loop_write > 0 and time.monotonic() >= self.until
+
+    def hold_back(self, took: float, part: Path) -> None:
+        self.until = time.monotonic() + self.HOLD_BACK
+        logger.debug(
+            "a write to %s held the event loop for %.1f ms; writing from worker threads "
+            "for the next %g s",
+            part,
+            took * 1000,
+            self.HOLD_BACK,
+        )
+
+
+_LOOP_WRITES = _LoopWrites()
 
 
 async def _finish_before_cancel(op: Awaitable[_T]) -> _T:

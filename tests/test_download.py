@@ -2,7 +2,7 @@
 
 Runs against FakeSiliconFlow over real HTTP on loopback; nothing in aiohttp is mocked.
 Disk faults are real where the machine allows it (chattr +i, a 1 MiB tmpfs) and are also
-injected at the one file-writing seam, ``_download._write_all``.
+injected at the one file-writing seam, ``_download._write_at``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import os
 import re
 import shutil
 import subprocess
+import threading
+import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -261,14 +263,22 @@ async def test_final_file_present_means_no_request(
     ],
     ids=lambda f: type(f).__name__ + str(getattr(f, "status", "")),
 )
+@pytest.mark.parametrize("max_loop_write", [0.005, 0], ids=["loop-writes", "thread-writes"])
 async def test_bytes_match_after_a_fault(
-    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path, fault: Any
+    fake: FakeSiliconFlow,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+    fault: Any,
+    max_loop_write: float,
 ) -> None:
-    """After a dropped, truncated, refused or slow answer, the file equals the served bytes."""
+    """After a dropped, truncated, refused or slow answer, the file equals the served bytes,
+    whether writes run on the loop or in worker threads."""
     rid = fake.add_job(videos=[SIZE])
     fake.add_fault("video", fault, times=2)
     path = tmp_path / "v.mp4"
-    result = await fetch(session, await status_url(session, fake, rid), path, rid=rid)
+    policy = attrs.evolve(POLICY, max_loop_write=max_loop_write)
+    url = await status_url(session, fake, rid)
+    result = await fetch(session, url, path, rid=rid, policy=policy)
     assert_clean_success(result, path, fake.video_bytes(rid))
 
 
@@ -754,10 +764,10 @@ async def test_disk_full_from_the_write_seam(
     the OSError, not retried, and nothing under the final name."""
     rid = fake.add_job(videos=[SIZE])
 
-    async def full(file: Any, data: memoryview) -> None:
+    def full(part: Any, chunks: list[bytes]) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(_download, "_write_all", full)
+    monkeypatch.setattr(_download, "_write_at", full)
     path = tmp_path / "v.mp4"
     with pytest.raises(DownloadError, match="disk full while writing") as info:
         await fetch(session, await status_url(session, fake, rid), path, rid=rid)
@@ -765,6 +775,102 @@ async def test_disk_full_from_the_write_seam(
     assert info.value.__cause__.errno == errno.ENOSPC
     assert len(fake.requests_for("video", rid)) == 1
     assert not path.exists()
+
+
+@pytest.fixture
+def loop_writes(monkeypatch: pytest.MonkeyPatch) -> _download._LoopWrites:
+    """A fresh process-wide loop-write state: no other test's slow write carries over."""
+    state = _download._LoopWrites()
+    monkeypatch.setattr(_download, "_LOOP_WRITES", state)
+    return state
+
+
+def spy_on_writes(monkeypatch: pytest.MonkeyPatch, *, first_takes: float = 0.0) -> list[bool]:
+    """Record, for each write to a .part, whether it ran on the event loop's thread; the
+    first write takes at least ``first_takes`` seconds."""
+    on_loop: list[bool] = []
+    real = _download._write_at
+
+    def spy(part: Any, chunks: list[bytes]) -> None:
+        if not on_loop:
+            time.sleep(first_takes)
+        on_loop.append(threading.current_thread() is threading.main_thread())
+        real(part, chunks)
+
+    monkeypatch.setattr(_download, "_write_at", spy)
+    return on_loop
+
+
+@pytest.mark.parametrize("hashed", [True, False], ids=["sha256", "no-sha256"])
+async def test_quick_writes_happen_on_the_loop(
+    fake: FakeSiliconFlow,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    loop_writes: _download._LoopWrites,
+    hashed: bool,
+) -> None:
+    """By default every piece is written (and hashed) from the event loop as it arrives."""
+    rid = fake.add_job(videos=[SIZE])
+    on_loop = spy_on_writes(monkeypatch)
+    path = tmp_path / "v.mp4"
+    # A budget no write on a busy test machine can exceed: this test is about where.
+    policy = attrs.evolve(POLICY, sha256=hashed, max_loop_write=60)
+    result = await fetch(
+        session, await status_url(session, fake, rid), path, rid=rid, policy=policy
+    )
+    assert_clean_success(result, path, fake.video_bytes(rid), hashed=hashed)
+    assert on_loop
+    assert all(on_loop)
+
+
+async def test_a_slow_write_moves_writing_to_worker_threads(
+    fake: FakeSiliconFlow,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    loop_writes: _download._LoopWrites,
+) -> None:
+    """One write slower than max_loop_write sends the rest of that download, and the next
+    downloads, through worker threads; the bytes stay exact."""
+    first, second = fake.add_job(videos=[4 * MIB]), fake.add_job(videos=[SIZE])
+    on_loop = spy_on_writes(monkeypatch, first_takes=0.05)
+    policy = attrs.evolve(POLICY, sha256=False, max_loop_write=0.01)
+    path = tmp_path / "first.mp4"
+    result = await fetch(session, await status_url(session, fake, first), path, policy=policy)
+    assert_clean_success(result, path, fake.video_bytes(first), hashed=False)
+    assert on_loop[0] is True
+    assert len(on_loop) > 1
+    assert not any(on_loop[1:])
+
+    on_loop.clear()
+    path = tmp_path / "second.mp4"
+    result = await fetch(session, await status_url(session, fake, second), path, policy=policy)
+    assert_clean_success(result, path, fake.video_bytes(second), hashed=False)
+    assert on_loop
+    assert not any(on_loop)
+
+
+@pytest.mark.parametrize("hashed", [True, False], ids=["sha256", "no-sha256"])
+async def test_no_loop_budget_writes_from_worker_threads(
+    fake: FakeSiliconFlow,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    loop_writes: _download._LoopWrites,
+    hashed: bool,
+) -> None:
+    """With max_loop_write=0, no write (or hashing) runs on the event loop."""
+    rid = fake.add_job(videos=[SIZE])
+    on_loop = spy_on_writes(monkeypatch)
+    path = tmp_path / "v.mp4"
+    policy = attrs.evolve(POLICY, sha256=hashed, max_loop_write=0)
+    result = await fetch(
+        session, await status_url(session, fake, rid), path, rid=rid, policy=policy
+    )
+    assert_clean_success(result, path, fake.video_bytes(rid), hashed=hashed)
+    assert on_loop
+    assert not any(on_loop)
 
 
 async def test_no_permission_from_the_write_seam(
@@ -776,10 +882,10 @@ async def test_no_permission_from_the_write_seam(
     """EACCES injected at the write seam becomes "no permission to write in <folder>"."""
     rid = fake.add_job(videos=[SIZE])
 
-    async def refused(file: Any, data: memoryview) -> None:
+    def refused(part: Any, chunks: list[bytes]) -> None:
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(_download, "_write_all", refused)
+    monkeypatch.setattr(_download, "_write_at", refused)
     with pytest.raises(DownloadError, match=f"no permission to write in {tmp_path}"):
         await fetch(session, await status_url(session, fake, rid), tmp_path / "v.mp4", rid=rid)
 
@@ -868,18 +974,19 @@ async def test_cancel_during_a_disk_write_never_writes_twice(
     rid = fake.add_job(videos=[size])
     url = await status_url(session, fake, rid)
     path = tmp_path / "v.mp4"
-    writing = asyncio.Event()
-    real_write = _download._write_all
+    writing = threading.Event()
+    real_write = _download._write_at
 
-    async def slow_write(file: Any, data: memoryview) -> None:
+    def slow_write(part: Any, chunks: list[bytes]) -> None:
         writing.set()
-        await asyncio.sleep(0.2)  # the cancellation arrives now, mid-write
-        await real_write(file, data)
+        time.sleep(0.2)  # in the worker thread: the cancellation arrives now, mid-write
+        real_write(part, chunks)
 
-    monkeypatch.setattr(_download, "_write_all", slow_write)
-    policy = POLICY  # 64 KiB write buffer: many writes per video
+    monkeypatch.setattr(_download, "_write_at", slow_write)
+    # Worker-thread writes of 64 KiB batches: many writes per video.
+    policy = attrs.evolve(POLICY, max_loop_write=0)
     task = asyncio.create_task(fetch(session, url, path, rid=rid, policy=policy))
-    await writing.wait()
+    assert await asyncio.to_thread(writing.wait, 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -887,7 +994,7 @@ async def test_cancel_during_a_disk_write_never_writes_twice(
     assert 0 < len(kept) < size
     assert kept == fake.video_bytes(rid)[: len(kept)]
 
-    monkeypatch.setattr(_download, "_write_all", real_write)
+    monkeypatch.setattr(_download, "_write_at", real_write)
     result = await fetch(session, url, path, rid=rid, policy=policy)
     assert path.read_bytes() == fake.video_bytes(rid)
     assert result.sha256 == fake.video_sha256(rid)

@@ -758,16 +758,17 @@ def unwritable_folder(tmp_path: Path) -> Iterator[Path]:
 def limit_disk(monkeypatch: pytest.MonkeyPatch, capacity: int) -> None:
     """Where no tmpfs can be mounted: a disk of ``capacity`` bytes, enforced at the one
     seam where the downloader writes video bytes."""
-    real = _download._write_all
+    real = _download._write_at
     left = [capacity]
 
-    async def limited(file: Any, data: memoryview) -> None:
-        if len(data) > left[0]:
+    def limited(part: Any, chunks: list[bytes]) -> None:
+        size = sum(map(len, chunks))
+        if size > left[0]:
             raise OSError(errno.ENOSPC, "No space left on device")
-        left[0] -= len(data)
-        await real(file, data)
+        left[0] -= size
+        real(part, chunks)
 
-    monkeypatch.setattr(_download, "_write_all", limited)
+    monkeypatch.setattr(_download, "_write_at", limited)
 
 
 async def test_full_disk_fails_only_the_id_that_does_not_fit(
@@ -831,13 +832,14 @@ CLI_RUNNER = textwrap.dedent(
     capacity = os.environ.get("TEST_DISK_CAPACITY")
     if capacity:  # no tmpfs on this machine: the same limit, at the write seam
         from siliconflow_video import _download
-        real, left = _download._write_all, [int(capacity)]
-        async def limited(file, data):
-            if len(data) > left[0]:
+        real, left = _download._write_at, [int(capacity)]
+        def limited(part, chunks):
+            size = sum(map(len, chunks))
+            if size > left[0]:
                 raise OSError(errno.ENOSPC, "No space left on device")
-            left[0] -= len(data)
-            await real(file, data)
-        _download._write_all = limited
+            left[0] -= size
+            real(part, chunks)
+        _download._write_at = limited
     from siliconflow_video._cli import main
     raise SystemExit(main(sys.argv[1:]))
     """
