@@ -81,7 +81,9 @@ class DownloadPolicy:
     base_delay: float = attrs.field(default=0.5, validator=_positive)
     max_delay: float = attrs.field(default=20.0, validator=_positive)
     connect_timeout: float = attrs.field(default=30.0, validator=_positive)
-    #: Longest silence from the video host while reading the body.
+    #: Longest wait for the video host: from the start of a request to its answer, and
+    #: between pieces of the body (a silence is cut off within an eighth more). Time spent
+    #: waiting for a slow disk does not count.
     read_timeout: float = attrs.field(default=60.0, validator=_positive)
     #: How many times an expired URL is exchanged for a fresh one per video.
     max_url_refreshes: int = attrs.field(default=3)

@@ -432,11 +432,12 @@ class _Transfer:
         self.refresh_url = refresh_url
         self.policy = policy
         self.on_progress = on_progress
-        self.timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=policy.connect_timeout,
-            sock_read=policy.read_timeout,
-        )
+        # No sock_read: aiohttp re-arms that timer on every socket read, about a tenth of a
+        # fast download's CPU. read_timeout is kept by self.idle instead (see _heard).
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=policy.connect_timeout)
+        self.idle: asyncio.Timeout | None = None
+        self.idle_pushed = 0.0
+        self.clock: Callable[[], float] = time.monotonic  # the running loop's, once known
         self.validator: _Validator | None = None
         self.total: int | None = None
         self.done = 0  # bytes in .part, all of them hashed when hashing
@@ -537,10 +538,12 @@ class _Transfer:
         # write (_finish_before_cancel), and the next batch must go after it.
         self.done += self.writing_size
         self.writing_size = 0
+        self._hold_idle()
         try:
             await _finish_before_cancel(writing)
         except OSError as exc:
             raise self.ctx.error(_disk_message(exc, "write", self.ctx.part)) from exc
+        self._heard(force=True)
         if self.on_progress is not None:
             # Bytes received, like the per-chunk reports: never less than the last report.
             self.on_progress(self.done + self.pending_size, self.total)
@@ -581,14 +584,18 @@ class _Transfer:
             if if_range:
                 headers["If-Range"] = if_range
         try:
-            async with self.session.get(
-                # encoded=True: send the signed query byte for byte, as it was signed.
-                yarl.URL(self.ctx.url, encoded=True),
-                headers=headers,
-                timeout=self.timeout,
-                raise_for_status=False,
-            ) as resp:
-                await self._handle(resp)
+            self.clock = asyncio.get_running_loop().time
+            async with asyncio.timeout(None) as self.idle:
+                self._heard(force=True)
+                async with self.session.get(
+                    # encoded=True: send the signed query byte for byte, as it was signed.
+                    yarl.URL(self.ctx.url, encoded=True),
+                    headers=headers,
+                    timeout=self.timeout,
+                    raise_for_status=False,
+                ) as resp:
+                    self._heard(force=True)
+                    await self._handle(resp)
         except TimeoutError as exc:  # before ClientConnectionError: aiohttp's is both
             raise _Retry(
                 f"timed out (connect timeout {self.policy.connect_timeout:g} s, "
@@ -606,6 +613,30 @@ class _Transfer:
             # Not from the network itself (bad URL, too many redirects): retrying won't help.
             # "from None": such errors quote the whole signed URL.
             raise self.ctx.error(f"could not request the video: {_describe(exc)}") from None
+        finally:
+            self.idle = None
+
+    def _heard(self, *, force: bool = False) -> None:
+        """The host was just heard from: it has ``read_timeout`` again to send more.
+
+        The deadline moves at most eight times per ``read_timeout``, each time to
+        ``read_timeout`` plus an eighth from now: a silence is cut off after between one
+        and one and an eighth ``read_timeout``, at the cost of one clock read per piece.
+        """
+        idle = self.idle
+        if idle is None or idle.expired():
+            return
+        now = self.clock()
+        slack = self.policy.read_timeout / 8
+        if force or now - self.idle_pushed >= slack:
+            idle.reschedule(now + self.policy.read_timeout + slack)
+            self.idle_pushed = now
+
+    def _hold_idle(self) -> None:
+        """Stop the idle clock while waiting for our own disk: a slow write is not a silent
+        host (the next _heard(force=True) starts it again)."""
+        if self.idle is not None and not self.idle.expired():
+            self.idle.reschedule(None)
 
     async def _handle(self, resp: aiohttp.ClientResponse) -> None:
         status = resp.status
@@ -699,6 +730,7 @@ class _Transfer:
             # iter_any: each piece as it came off the socket, never joined into bigger
             # ones (iter_chunked's join copied every byte once more).
             async for chunk in resp.content.iter_any():
+                self._heard()
                 if on_loop:
                     on_loop = self._write_on_loop(chunk)
                     if self.on_progress is not None:

@@ -40,6 +40,7 @@ from siliconflow_video.testing import (
     IgnoreRange,
     Slow,
     SlowBody,
+    StallMidBody,
     TruncatedBody,
     forbidden,
     not_found,
@@ -336,14 +337,74 @@ async def test_range_ignored_starts_over_cleanly(
 async def test_read_timeout_is_retried(
     fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    """A host that goes silent longer than read_timeout is retried, not waited on forever."""
+    """A host that does not answer within read_timeout is retried, not waited on forever."""
     rid = fake.add_job(videos=[SIZE])
     fake.add_fault("video", Slow(1.0))
     path = tmp_path / "v.mp4"
     policy = attrs.evolve(POLICY, base_delay=0.001, read_timeout=0.2)
     url = await status_url(session, fake, rid)
+    started = time.monotonic()
     result = await fetch(session, url, path, rid=rid, policy=policy)
+    assert time.monotonic() - started < 0.9  # before the slow answer could have come
     assert_clean_success(result, path, fake.video_bytes(rid))
+
+
+@pytest.mark.parametrize("max_loop_write", [0.005, 0], ids=["loop-writes", "thread-writes"])
+async def test_silence_mid_body_is_cut_off_and_resumed(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path, max_loop_write: float
+) -> None:
+    """A host that goes silent mid-body for longer than read_timeout is cut off after about
+    read_timeout, and the next request resumes from the bytes kept."""
+    rid = fake.add_job(videos=[SIZE])
+    fake.add_fault("video", StallMidBody(after_bytes=200 * KIB, seconds=5.0))
+    path = tmp_path / "v.mp4"
+    policy = attrs.evolve(POLICY, base_delay=0.001, read_timeout=0.3, max_loop_write=max_loop_write)
+    url = await status_url(session, fake, rid)
+    started = time.monotonic()
+    result = await fetch(session, url, path, rid=rid, policy=policy)
+    assert time.monotonic() - started < 3.0  # cut off, not waited out for 5 s
+    assert_clean_success(result, path, fake.video_bytes(rid))
+    # The stalled request is still asleep on the server (requests are logged when they end):
+    # the one logged is the resumption.
+    (resumed,) = fake.requests_for("video", rid)
+    assert resumed.headers["Range"] == f"bytes={200 * KIB}-"
+
+
+async def test_a_slow_steady_body_is_not_timed_out(
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """read_timeout bounds each silence, not the transfer: a body that takes three times
+    read_timeout but keeps coming arrives in one request."""
+    rid = fake.add_job(videos=[SIZE])
+    fake.add_fault("video", SlowBody(bytes_per_second=SIZE / 0.9))
+    path = tmp_path / "v.mp4"
+    policy = attrs.evolve(POLICY, read_timeout=0.3)
+    result = await fetch(session, await status_url(session, fake, rid), path, policy=policy)
+    assert_clean_success(result, path, fake.video_bytes(rid))
+    # A cut-off request may still be running on the server, unlogged: check the one that
+    # ended is the first, whole one.
+    (request,) = fake.requests_for("video", rid)
+    assert (request.status, request.headers.get("Range")) == (200, None)
+
+
+async def test_a_slow_disk_is_not_a_silent_host(
+    fake: FakeSiliconFlow,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Waiting on a worker-thread write longer than read_timeout does not time the host out:
+    one request brings the whole video."""
+    rid = fake.add_job(videos=[SIZE])
+    spy_on_writes(monkeypatch, first_takes=0.6)
+    path = tmp_path / "v.mp4"
+    policy = attrs.evolve(POLICY, read_timeout=0.2, max_loop_write=0)
+    result = await fetch(session, await status_url(session, fake, rid), path, policy=policy)
+    assert_clean_success(result, path, fake.video_bytes(rid))
+    # A cut-off request may still be running on the server, unlogged: check the one that
+    # ended is the first, whole one.
+    (request,) = fake.requests_for("video", rid)
+    assert (request.status, request.headers.get("Range")) == (200, None)
 
 
 async def test_retries_log_at_debug_without_the_signed_query(

@@ -188,6 +188,16 @@ class SlowBody(Fault):
 
 
 @attrs.frozen
+class StallMidBody(Fault):
+    """Send ``after_bytes`` of the body, go silent for ``seconds`` (the connection stays
+    open), then send the rest: a host that hangs mid-transfer, for read timeouts."""
+
+    targets: ClassVar[frozenset[Target]] = _VIDEO
+    after_bytes: int = attrs.field(validator=attrs.validators.ge(0))
+    seconds: float = attrs.field(validator=attrs.validators.ge(0))
+
+
+@attrs.frozen
 class IgnoreRange(Fault):
     """Answer 200 with the whole body even when a ``Range`` was asked for."""
 

@@ -35,8 +35,8 @@ _TARGETS: frozenset[str] = frozenset({"submit", "status", "video"})
 _OUTCOMES: frozenset[str] = frozenset({"Succeed", "Failed"})
 
 # How long close() lets a running handler finish before cancelling it (aiohttp waits this
-# twice). Short, so closing the fake while a client sits in a Slow or SlowBody fault does
-# not stall a test suite.
+# twice). Short, so closing the fake while a client sits in a Slow, SlowBody or StallMidBody
+# fault does not stall a test suite.
 _SHUTDOWN_TIMEOUT = 0.1
 
 

@@ -23,6 +23,7 @@ from ._faults import (
     IgnoreRange,
     Slow,
     SlowBody,
+    StallMidBody,
     TruncatedBody,
 )
 from ._jobs import LoggedRequest
@@ -204,10 +205,21 @@ async def _serve(
         stop = min(end, start + fault.after_bytes)
     rate = fault.bytes_per_second if isinstance(fault, SlowBody) else None
     chunk_size = CHUNK_SIZE if rate is None else max(1, min(CHUNK_SIZE, int(rate / 20)))
+    stall = fault if isinstance(fault, StallMidBody) else None
     began = time.monotonic()
     sent = 0
     try:
         for chunk in content.chunks(start, stop, chunk_size):
+            if stall is not None and sent + len(chunk) > stall.after_bytes:
+                # Send exactly up to the stall point, then nothing for a while.
+                head = max(0, stall.after_bytes - sent)
+                if head:
+                    await response.write(chunk[:head])
+                    sent += head
+                    chunk = chunk[head:]
+                await _transport.flush(request)
+                await asyncio.sleep(stall.seconds)
+                stall = None
             await response.write(chunk)
             sent += len(chunk)
             if rate is not None:
