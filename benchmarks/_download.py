@@ -7,7 +7,10 @@ Three clients fetch the same URLs from the same server, interleaved:
 - ``library+sha256``: the same with ``DownloadPolicy(sha256=True)``, hashing while
   streaming;
 - ``curl``: ``curl -o FILE URL`` (``curl -Z -o F1 U1 -o F2 U2 ...`` for many at once);
-- ``aiohttp loop``: the ten-line aiohttp + aiofiles loop most integrations write.
+- ``aiohttp loop``: the ten-line aiohttp + aiofiles loop most integrations write;
+- ``aiohttp floor``: the least an aiohttp client can do: ``iter_any()`` and ``os.pwrite``
+  on the event loop, nothing checked, nothing resumable. What the library pays for its
+  guarantees, and what it cannot win back while it reads through aiohttp.
 
 The server is ``FakeSiliconFlow`` in a process of its own: its video host serves generated
 content from memory, which feeds loopback faster than any of the clients can write to disk
@@ -184,11 +187,32 @@ async def _library(base_url: str, ids: list[str], dest: Path, sha256: bool) -> M
     return {"wall": wall, "cpu": cpu, "files": files}
 
 
-def plain_client(conn: Connection, urls: list[str], paths: list[str], loop: str) -> None:
+def plain_client(
+    conn: Connection, urls: list[str], paths: list[str], loop: str, floor: bool
+) -> None:
     try:
-        conn.send(run_loop(_plain(urls, paths), loop))
+        conn.send(run_loop((_floor if floor else _plain)(urls, paths), loop))
     except BaseException as exc:  # noqa: BLE001 - reported to the orchestrator
         report_failure(conn, exc)
+
+
+async def _floor(urls: list[str], paths: list[str]) -> Metrics:
+    cpu, wall = cpu_seconds(), time.perf_counter()
+
+    async def fetch(session: aiohttp.ClientSession, url: str, path: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            async with session.get(url) as resp:
+                resp.raise_for_status()
+                offset = 0
+                async for chunk in resp.content.iter_any():
+                    offset += os.pwrite(fd, chunk, offset)
+        finally:
+            os.close(fd)
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(fetch(session, u, p) for u, p in zip(urls, paths, strict=True)))
+    return {"wall": time.perf_counter() - wall, "cpu": cpu_seconds() - cpu}
 
 
 async def _plain(urls: list[str], paths: list[str]) -> Metrics:
@@ -388,14 +412,17 @@ def _scenario(
         shutil.rmtree(dest)
         return _metrics(child.wall, child.cpu, total)
 
-    def plain(rep: int) -> Metrics:
-        dest = fresh_dir("plain")
-        paths = [str(dest / f"{i}.mp4") for i in range(len(videos))]
-        with Child(plain_client, urls, paths, loop, name="aiohttp loop") as child:
-            result = child.recv(timeout=600)
-        verify([Path(p) for p in paths], videos, "aiohttp loop")
-        shutil.rmtree(dest)
-        return _metrics(result["wall"], result["cpu"], total)
+    def plain(label: str, *, floor: bool) -> Callable[[int], Metrics]:
+        def one_run(rep: int) -> Metrics:
+            dest = fresh_dir("plain")
+            paths = [str(dest / f"{i}.mp4") for i in range(len(videos))]
+            with Child(plain_client, urls, paths, loop, floor, name=label) as child:
+                result = child.recv(timeout=600)
+            verify([Path(p) for p in paths], videos, label)
+            shutil.rmtree(dest)
+            return _metrics(result["wall"], result["cpu"], total)
+
+        return one_run
 
     def serving(run: Callable[[int], Metrics]) -> Callable[[int], Metrics]:
         """Add what serving the run cost the server process (its own CPU clock)."""
@@ -418,7 +445,8 @@ def _scenario(
             *((build.label, serving(library(build))) for build in builds),
             (HASHING, serving(library(builds[0], sha256=True))),
             ("curl", serving(curl)),
-            ("aiohttp loop", serving(plain)),
+            ("aiohttp loop", serving(plain("aiohttp loop", floor=False))),
+            ("aiohttp floor", serving(plain("aiohttp floor", floor=True))),
         ],
         reps,
         log=log,
@@ -440,7 +468,7 @@ def _rows(
     sha: Sequence[float],
 ) -> list[Row]:
     lib, hashing_lib = runs["library"], runs[HASHING]
-    curl, plain = runs["curl"], runs["aiohttp loop"]
+    curl, plain, floor = runs["curl"], runs["aiohttp loop"], runs["aiohttp floor"]
     gib = scenario.total / GIB
     # The least any client that computes sha256 while downloading could cost, with no
     # overhead at all: curl's own work plus the hashing. Its CPU over curl's bounds the CPU
@@ -512,6 +540,27 @@ def _rows(
             f"{median(values(lib, 'cpu_per_gib')):.3f}",
             f"{median(values(plain, 'cpu_per_gib')):.3f}",
             fmt_ratio(paired_ratio(lib, plain, "cpu_per_gib")),
+        ),
+        Row(
+            name,
+            "wall s (vs aiohttp floor: iter_any + pwrite on the loop, no checks)",
+            f"{median(values(lib, 'wall')):.3f}",
+            f"{median(values(floor, 'wall')):.3f}",
+            fmt_ratio(paired_ratio(lib, floor, "wall")),
+        ),
+        Row(
+            name,
+            "CPU s/GiB (vs aiohttp floor)",
+            f"{median(values(lib, 'cpu_per_gib')):.3f}",
+            f"{median(values(floor, 'cpu_per_gib')):.3f}",
+            fmt_ratio(paired_ratio(lib, floor, "cpu_per_gib")),
+        ),
+        Row(
+            name,
+            "wall s: aiohttp floor (vs curl -o)",
+            f"{median(values(floor, 'wall')):.3f}",
+            f"{median(values(curl, 'wall')):.3f}",
+            fmt_ratio(paired_ratio(floor, curl, "wall")),
         ),
     ]
     for build in builds[1:]:

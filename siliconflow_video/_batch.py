@@ -118,13 +118,15 @@ class _Batch:
         dest: Path,
         *,
         max_concurrent_downloads: int,
-        progress: ProgressCallback,
+        progress: ProgressCallback | None,
         naming: Naming | None,
     ) -> None:
         self.client = client
         self.dest = dest
         self.slots = asyncio.Semaphore(max_concurrent_downloads)
-        self.notify = progress
+        self.notify = _safe(progress)
+        # Byte counts come per piece of the body: with nobody to tell, skip them.
+        self.counting_bytes = progress is not None
         self.naming = naming
         # Keyed case-insensitively: on macOS and Windows "A.mp4" and "a.mp4" are one file.
         self.claimed: dict[str, tuple[str, int]] = {}
@@ -180,7 +182,7 @@ class _Batch:
                 policy=self.client.download_policy,
                 request_id=request_id,
                 index=index,
-                on_progress=on_bytes,
+                on_progress=on_bytes if self.counting_bytes else None,
             )
         self.notify(
             ProgressEvent(
@@ -241,7 +243,7 @@ async def run_batch(
         client,
         dest,
         max_concurrent_downloads=max_concurrent_downloads,
-        progress=_safe(progress),
+        progress=progress,
         naming=naming,
     )
     valid: list[str] = []
