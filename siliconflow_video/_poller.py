@@ -8,10 +8,11 @@ number of waiters share one job's polls.
 Per job, polls are spaced from ``interval`` growing by ``growth`` up to ``max_interval``,
 each jittered so that jobs started together drift apart. A transient failure (429, 5xx,
 reset, malformed body) only delays that job's next poll, by at least the exponential backoff
-of its failure streak (and any ``Retry-After``); a permanent one (400, 401, 403, 404) ends
-its waiters at once with the typed error. One exception: while the client has never had any
-answer from the API, failing to connect ends the wait after the retry budget, since a wrong
-base URL would otherwise be polled forever.
+of its failure streak (and any ``Retry-After``); for a 429 that delay counts from when the
+poll was due, so that behind a backlog the job keeps its place in line. A permanent failure
+(400, 401, 403, 404) ends its waiters at once with the typed error. One exception: while
+the client has never had any answer from the API, failing to connect ends the wait after
+the retry budget, since a wrong base URL would otherwise be polled forever.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import random
 from collections.abc import Awaitable, Callable
 
 from ._config import PollPolicy, RetryPolicy
-from ._exceptions import APIConnectionError, APIError, SiliconFlowError
+from ._exceptions import APIConnectionError, APIError, RateLimitError, SiliconFlowError
 from ._http import is_transient, retry_delay
 from ._logging import logger
 from ._models import VideoStatus
@@ -33,12 +34,22 @@ StatusListener = Callable[[VideoStatus], None]
 
 
 class _Job:
-    __slots__ = ("active", "due", "failures", "interval", "last", "request_id", "waiters")
+    __slots__ = (
+        "active",
+        "due",
+        "failures",
+        "interval",
+        "last",
+        "request_id",
+        "waiters",
+        "was_due",
+    )
 
     def __init__(self, request_id: str, interval: float) -> None:
         self.request_id = request_id
         self.interval = interval
         self.due = 0.0
+        self.was_due = 0.0  # when the poll in flight was due
         self.failures = 0
         self.active = True
         self.last: VideoStatus | None = None
@@ -123,13 +134,17 @@ class Poller:
                 )
             self._runner = None
 
+    def _drop_stale(self) -> None:
+        """Pop entries of jobs nobody waits for, and stale entries of rescheduled jobs."""
+        heap = self._heap
+        while heap and (not heap[0][2].active or heap[0][0] != heap[0][2].due):
+            heapq.heappop(heap)
+
     async def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
         heap = self._heap
         while True:
-            # Drop entries of jobs nobody waits for, and stale entries of rescheduled jobs.
-            while heap and (not heap[0][2].active or heap[0][0] != heap[0][2].due):
-                heapq.heappop(heap)
+            self._drop_stale()
             self._wake.clear()
             if not heap:
                 await self._wake.wait()
@@ -142,12 +157,16 @@ class Poller:
                 finally:
                     timer.cancel()
                 continue
-            job = heapq.heappop(heap)[2]
-            job.due = float("inf")  # in flight: not due again until rescheduled
+            # Choose the job only once a slot is free: the most overdue one at that moment
+            # (a 429'd poll put back in line meanwhile may have become it).
             await self._slots.acquire()
-            if not job.active:
+            self._drop_stale()
+            if not heap or heap[0][0] > loop.time():
                 self._slots.release()
                 continue
+            job = heapq.heappop(heap)[2]
+            job.was_due = job.due
+            job.due = float("inf")  # in flight: not due again until rescheduled
             task = loop.create_task(self._poll(job))
             self._polls.add(task)
             task.add_done_callback(self._polls.discard)
@@ -162,11 +181,23 @@ class Poller:
                 self._finish(job, error=exc)
                 return
             delay = max(job.interval, retry_delay(self._retry, job.failures, exc))
+            due = loop.time() + delay
+            if isinstance(exc, RateLimitError):
+                # The client-wide governor now paces every call; behind a backlog of polls
+                # waiting their turn, this one keeps its place in line (shifted by its
+                # backoff) instead of going to the back, a whole round of polls later.
+                due = min(due, job.was_due + delay)
             # A streak past the retry budget is worth a user's attention; the wait goes on.
             level = logging.WARNING if job.failures == self._retry.max_attempts else logging.DEBUG
-            logger.log(level, "status of %s: %s; next poll in %.2fs", job.request_id, exc, delay)
+            logger.log(
+                level,
+                "status of %s: %s; next poll in %.2fs",
+                job.request_id,
+                exc,
+                due - loop.time(),
+            )
             if job.active:
-                self._schedule(job, loop.time() + delay)
+                self._schedule(job, due)
             return
         except Exception as exc:  # noqa: BLE001 - a waiter must hear of any failure
             self._finish(job, error=exc)

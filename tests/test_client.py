@@ -323,6 +323,25 @@ async def test_without_the_governor_the_same_load_storms(fake: FakeSiliconFlow) 
     assert sum(r.status == 429 for r in calls) / len(calls) > 0.25
 
 
+async def test_a_429_keeps_the_jobs_place_in_a_backlog(fake: FakeSiliconFlow) -> None:
+    """A poll answered 429 while others wait their turn is retried before polls that came
+    due after it did, not sent to the back of the line."""
+    first = [fake.add_job() for _ in range(20)]
+    hit = fake.add_job()
+    later = [fake.add_job() for _ in range(20)]
+    fake.add_fault("status", rate_limited(), request_id=hit)
+    fake.add_fault("status", Slow(0.02), times=None)  # one call at a time, 20 ms each
+    async with make_client(fake, max_concurrent_requests=1) as client:
+        waits = [asyncio.create_task(client.wait(rid)) for rid in [*first, hit]]
+        await asyncio.sleep(0.2)  # the first twenty are still being polled
+        waits += [asyncio.create_task(client.wait(rid)) for rid in later]
+        await asyncio.gather(*waits)
+    order = [r.request_id for r in fake.requests_for("status")]
+    assert order.count(hit) == 2  # the 429, then the answer
+    retried = len(order) - 1 - order[::-1].index(hit)
+    assert retried < min(order.index(rid) for rid in later)
+
+
 async def test_submit_returns_the_request_id(fake: FakeSiliconFlow, client: AsyncClient) -> None:
     """submit sends the documented JSON and returns a requestId the status call knows."""
     rid = await client.submit(
