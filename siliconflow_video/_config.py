@@ -74,16 +74,18 @@ class PollPolicy:
 class DownloadPolicy:
     """How one video is brought to disk."""
 
-    #: Bytes gathered in memory before one write to disk (one thread hop per write).
+    #: When writes go through worker threads (see ``max_loop_write``): bytes gathered in
+    #: memory before one write to disk, one thread hop each.
     write_buffer: int = attrs.field(default=4 * 1024 * 1024, validator=_at_least_one)
     #: Tries per video for 5xx, resets, timeouts and short bodies (each resumes).
     max_attempts: int = attrs.field(default=8, validator=_at_least_one)
     base_delay: float = attrs.field(default=0.5, validator=_positive)
     max_delay: float = attrs.field(default=20.0, validator=_positive)
     connect_timeout: float = attrs.field(default=30.0, validator=_positive)
-    #: Longest wait for the video host: from the start of a request to its answer, and
-    #: between pieces of the body (a silence is cut off within an eighth more). Time spent
-    #: waiting for a slow disk does not count.
+    #: Longest wait for the video host: from the start of a request to its answer (with a
+    #: session of your own whose connector limits connections, the wait for a free one
+    #: counts too), and between pieces of the body. A silence is cut off within an eighth
+    #: more. Time spent waiting for our own disk does not count.
     read_timeout: float = attrs.field(default=60.0, validator=_positive)
     #: How many times an expired URL is exchanged for a fresh one per video.
     max_url_refreshes: int = attrs.field(default=3)
@@ -97,8 +99,8 @@ class DownloadPolicy:
     max_loop_write: float = attrs.field(default=0.005, validator=attrs.validators.ge(0))
     #: Compute each video's sha256 while it streams (``VideoFile.sha256``). Off by default:
     #: it costs about as much CPU as the download itself, and SiliconFlow publishes no
-    #: digest to check it against (the length and the ``ETag``/``Last-Modified`` validator
-    #: guard every download either way).
+    #: digest to check it against (the announced length guards every download either way,
+    #: and the ``ETag``/``Last-Modified`` validator every resume).
     sha256: bool = False
 
 

@@ -59,7 +59,6 @@ if sys.platform != "win32":
 if TYPE_CHECKING:
     from hashlib import _Hash
 
-    from aiofiles.threadpool.binary import AsyncFileIO
 
 __all__ = ["VideoFile", "download_video"]
 
@@ -452,33 +451,31 @@ class _Transfer:
         self.writing_size = 0
 
     async def run(self) -> VideoFile:
-        # closefd=False: the descriptor carries the lock and is closed by our caller.
-        async with aiofiles.open(self.fd, "r+b", buffering=0, closefd=False) as f:
-            self.file: AsyncFileIO = f
-            await self._load_partial()
-            tries = backoff.on_exception(
-                backoff.expo,
-                _Retry,
-                max_tries=self.policy.max_attempts,
-                factor=self.policy.base_delay,
-                max_value=self.policy.max_delay,
-                jitter=backoff.full_jitter,
-                on_backoff=self._log_retry,
-                logger=None,
-            )(self._attempt)
-            while True:
-                try:
-                    await tries()
-                    break
-                except _Expired as expired:
-                    await self._refresh(expired)
-                except _Retry as exc:
-                    raise self.ctx.error(
-                        f"gave up downloading {redact_url(self.ctx.url)} after "
-                        f"{self.policy.max_attempts} tries: {exc}; {self._kept()}",
-                        status_code=exc.status,
-                    ) from None  # the chain holds aiohttp errors that quote the signed URL
-            return await self._finish()
+        # The descriptor carries the lock and is closed by our caller.
+        await self._load_partial()
+        tries = backoff.on_exception(
+            backoff.expo,
+            _Retry,
+            max_tries=self.policy.max_attempts,
+            factor=self.policy.base_delay,
+            max_value=self.policy.max_delay,
+            jitter=backoff.full_jitter,
+            on_backoff=self._log_retry,
+            logger=None,
+        )(self._attempt)
+        while True:
+            try:
+                await tries()
+                break
+            except _Expired as expired:
+                await self._refresh(expired)
+            except _Retry as exc:
+                raise self.ctx.error(
+                    f"gave up downloading {redact_url(self.ctx.url)} after "
+                    f"{self.policy.max_attempts} tries: {exc}; {self._kept()}",
+                    status_code=exc.status,
+                ) from None  # the chain holds aiohttp errors that quote the signed URL
+        return await self._finish()
 
     # -- state on disk
 
@@ -502,19 +499,27 @@ class _Transfer:
 
     async def _start_over(self) -> None:
         """Throw the partial bytes and their sidecar away: never splice two responses."""
-        try:
-            await self.file.truncate(0)  # no seek: every write goes to an explicit offset
-        except OSError as exc:
-            raise self.ctx.error(_disk_message(exc, "truncate", self.ctx.part)) from exc
+        # Forget the prefix first: if the truncation fails or is cut short, the next write
+        # still goes to byte 0, never after bytes that may be gone.
         self.done = 0
         self.total = None
         self.hasher = _new_hasher(self.policy)
         self.validator = None
+        self._hold_idle()
+        try:
+            # The thread finishes even on a cancellation: it uses the descriptor our caller
+            # closes. No seek: every write goes to an explicit offset.
+            await _finish_before_cancel(asyncio.to_thread(_truncate, self.fd))
+        except OSError as exc:
+            raise self.ctx.error(_disk_message(exc, "truncate", self.ctx.part)) from exc
         await self.ctx.disk("remove", self.ctx.meta, _remove_leftovers, self.ctx.meta)
+        self._heard(force=True)
 
     async def _remember(self, validator: _Validator) -> None:
         self.validator = validator
+        self._hold_idle()
         await self.ctx.disk("write", self.ctx.meta, _write_sidecar, self.ctx.meta, validator)
+        self._heard(force=True)
 
     async def _flush(self, *, wait: bool = True) -> None:
         """Hand the received chunks to a worker thread (one hop per batch), which hashes
@@ -725,14 +730,17 @@ class _Transfer:
         are quick, else one worker-thread write per ``write_buffer`` bytes."""
         self.total = total
         self.pending, self.pending_size = [], 0
-        on_loop = _LOOP_WRITES.allowed(self.policy)
         try:
-            # iter_any: each piece as it came off the socket, never joined into bigger
-            # ones (iter_chunked's join copied every byte once more).
+            # iter_any: the pieces as they came off the socket (joined only when several
+            # wait, which is rare), not regrouped into fixed sizes: iter_chunked's join
+            # copied every byte once more.
             async for chunk in resp.content.iter_any():
                 self._heard()
-                if on_loop:
-                    on_loop = self._write_on_loop(chunk)
+                # Asked per piece: a slow write in any download moves them all to threads.
+                if _LOOP_WRITES.allowed(self.policy):
+                    if self.pending or self.writing is not None:
+                        await self._flush()  # back from threads: their bytes go first
+                    self._write_on_loop(chunk)
                     if self.on_progress is not None:
                         self.on_progress(self.done, self.total)
                     continue
@@ -767,10 +775,10 @@ class _Transfer:
             await self._start_over()
             raise _Retry(f"the host sent more than the {total} bytes it announced")
 
-    def _write_on_loop(self, chunk: bytes) -> bool:
+    def _write_on_loop(self, chunk: bytes) -> None:
         """Write (and hash) ``chunk`` now, from the event loop, while its bytes are still in
-        this core's cache: half the cost of handing them to a thread. False when that took
-        longer than ``max_loop_write``: the rest goes through worker threads."""
+        this core's cache: half the cost of handing them to a thread. A write slower than
+        ``max_loop_write`` sends every download's writes to worker threads for a while."""
         started = time.perf_counter()
         try:
             _write_at(_PartWrite(self.fd, self.done, self.hasher), [chunk])
@@ -778,10 +786,9 @@ class _Transfer:
             raise self.ctx.error(_disk_message(exc, "write", self.ctx.part)) from exc
         self.done += len(chunk)
         took = time.perf_counter() - started
-        if took <= self.policy.max_loop_write:
-            return True
-        _LOOP_WRITES.hold_back(took, self.ctx.part)
-        return False
+        if took > self.policy.max_loop_write:
+            _LOOP_WRITES.hold_back(took, self.ctx.part)
+            self._heard(force=True)  # the time the disk took is not the host's silence
 
     # -- expiry and retries
 
@@ -903,6 +910,11 @@ def _write_at(part: _PartWrite, chunks: list[bytes]) -> None:
                     raise OSError(errno.EIO, "the file system accepted no more bytes")
                 rest = rest[more:]
         offset += size
+
+
+def _truncate(fd: int) -> None:
+    """Empty the .part file (in a worker thread; tests slow it down)."""
+    os.ftruncate(fd, 0)
 
 
 def _write_at_now(part: _PartWrite, chunks: list[bytes]) -> None:

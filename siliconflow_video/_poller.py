@@ -194,7 +194,7 @@ class Poller:
                 "status of %s: %s; next poll in %.2fs",
                 job.request_id,
                 exc,
-                due - loop.time(),
+                max(0.0, due - loop.time()),
             )
             if job.active:
                 self._schedule(job, due)

@@ -264,7 +264,8 @@ async def test_final_file_present_means_no_request(
     ],
     ids=lambda f: type(f).__name__ + str(getattr(f, "status", "")),
 )
-@pytest.mark.parametrize("max_loop_write", [0.005, 0], ids=["loop-writes", "thread-writes"])
+# 60 s: no write on a busy test machine takes that long, so the loop path is the one taken.
+@pytest.mark.parametrize("max_loop_write", [60, 0], ids=["loop-writes", "thread-writes"])
 async def test_bytes_match_after_a_fault(
     fake: FakeSiliconFlow,
     session: aiohttp.ClientSession,
@@ -349,7 +350,7 @@ async def test_read_timeout_is_retried(
     assert_clean_success(result, path, fake.video_bytes(rid))
 
 
-@pytest.mark.parametrize("max_loop_write", [0.005, 0], ids=["loop-writes", "thread-writes"])
+@pytest.mark.parametrize("max_loop_write", [60, 0], ids=["loop-writes", "thread-writes"])
 async def test_silence_mid_body_is_cut_off_and_resumed(
     fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path, max_loop_write: float
 ) -> None:
@@ -679,6 +680,34 @@ async def test_resume_from_an_earlier_process(
     assert request.status == 206
 
 
+async def test_a_slow_start_over_neither_times_out_nor_leaves_a_hole(
+    fake: FakeSiliconFlow,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host that ignores Range makes the download start over; emptying .part takes longer
+    than read_timeout. That is not the host's silence, and the next bytes go to byte 0:
+    the file is exact, not the served bytes behind a run of zeros."""
+    rid = fake.add_job(videos=[SIZE])
+    video = fake.jobs[rid].videos[0]
+    path = tmp_path / "v.mp4"
+    part_of(path).write_bytes(fake.video_bytes(rid)[:100_000])
+    meta_of(path).write_text(json.dumps({"etag": video.etag, "last_modified": None, "total": SIZE}))
+    fake.add_fault("video", IgnoreRange())
+    real = _download._truncate
+
+    def slow_truncate(fd: int) -> None:
+        real(fd)
+        time.sleep(0.5)  # done, but the call has not returned yet
+
+    monkeypatch.setattr(_download, "_truncate", slow_truncate)
+    policy = attrs.evolve(POLICY, read_timeout=0.2)
+    url = await status_url(session, fake, rid)
+    result = await fetch(session, url, path, rid=rid, policy=policy)
+    assert_clean_success(result, path, fake.video_bytes(rid))
+
+
 async def test_changed_video_on_the_host_is_not_spliced(
     fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
@@ -788,14 +817,17 @@ async def test_two_workers_on_one_path_give_one_correct_file(
 # --- memory --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("max_loop_write", [60, 0], ids=["loop-writes", "thread-writes"])
 async def test_memory_stays_flat_for_64_mib(
-    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path
+    fake: FakeSiliconFlow, session: aiohttp.ClientSession, tmp_path: Path, max_loop_write: float
 ) -> None:
     """Downloading 64 MiB never holds more than about the write buffer in memory: the
     peak of traced allocations stays under 3 x write_buffer."""
     size = 64 * MIB
     rid = fake.add_job(videos=[size, 256 * KIB])
-    policy = DownloadPolicy(write_buffer=2 * MIB, base_delay=0.001, sha256=True)
+    policy = DownloadPolicy(
+        write_buffer=2 * MIB, base_delay=0.001, sha256=True, max_loop_write=max_loop_write
+    )
     expected = fake.video_sha256(rid)  # also builds the fake's content block up front
     url = await status_url(session, fake, rid)
     # Warm up connection pools, thread pool and imports outside the measurement.
@@ -838,14 +870,6 @@ async def test_disk_full_from_the_write_seam(
     assert not path.exists()
 
 
-@pytest.fixture
-def loop_writes(monkeypatch: pytest.MonkeyPatch) -> _download._LoopWrites:
-    """A fresh process-wide loop-write state: no other test's slow write carries over."""
-    state = _download._LoopWrites()
-    monkeypatch.setattr(_download, "_LOOP_WRITES", state)
-    return state
-
-
 def spy_on_writes(monkeypatch: pytest.MonkeyPatch, *, first_takes: float = 0.0) -> list[bool]:
     """Record, for each write to a .part, whether it ran on the event loop's thread; the
     first write takes at least ``first_takes`` seconds."""
@@ -868,7 +892,6 @@ async def test_quick_writes_happen_on_the_loop(
     session: aiohttp.ClientSession,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    loop_writes: _download._LoopWrites,
     hashed: bool,
 ) -> None:
     """By default every piece is written (and hashed) from the event loop as it arrives."""
@@ -885,21 +908,22 @@ async def test_quick_writes_happen_on_the_loop(
     assert all(on_loop)
 
 
+@pytest.mark.parametrize("hashed", [True, False], ids=["sha256", "no-sha256"])
 async def test_a_slow_write_moves_writing_to_worker_threads(
     fake: FakeSiliconFlow,
     session: aiohttp.ClientSession,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    loop_writes: _download._LoopWrites,
+    hashed: bool,
 ) -> None:
     """One write slower than max_loop_write sends the rest of that download, and the next
-    downloads, through worker threads; the bytes stay exact."""
+    downloads, through worker threads; the bytes (and the digest) stay exact."""
     first, second = fake.add_job(videos=[4 * MIB]), fake.add_job(videos=[SIZE])
     on_loop = spy_on_writes(monkeypatch, first_takes=0.05)
-    policy = attrs.evolve(POLICY, sha256=False, max_loop_write=0.01)
+    policy = attrs.evolve(POLICY, sha256=hashed, max_loop_write=0.01)
     path = tmp_path / "first.mp4"
     result = await fetch(session, await status_url(session, fake, first), path, policy=policy)
-    assert_clean_success(result, path, fake.video_bytes(first), hashed=False)
+    assert_clean_success(result, path, fake.video_bytes(first), hashed=hashed)
     assert on_loop[0] is True
     assert len(on_loop) > 1
     assert not any(on_loop[1:])
@@ -907,9 +931,72 @@ async def test_a_slow_write_moves_writing_to_worker_threads(
     on_loop.clear()
     path = tmp_path / "second.mp4"
     result = await fetch(session, await status_url(session, fake, second), path, policy=policy)
-    assert_clean_success(result, path, fake.video_bytes(second), hashed=False)
+    assert_clean_success(result, path, fake.video_bytes(second), hashed=hashed)
     assert on_loop
     assert not any(on_loop)
+
+
+async def test_a_slow_write_moves_other_running_downloads_too(
+    fake: FakeSiliconFlow,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slow write in one download sends the writes of downloads already running through
+    worker threads from then on, not only its own."""
+    ids = [fake.add_job(videos=[2 * MIB]) for _ in range(2)]
+    fake.add_fault("video", SlowBody(bytes_per_second=8 * MIB), times=None)  # they overlap
+    policy = attrs.evolve(POLICY, max_loop_write=0.01)
+    urls = [await status_url(session, fake, rid) for rid in ids]
+    writes: list[tuple[int, bool]] = []  # (descriptor, on the loop)
+    real = _download._write_at
+    slow_done = threading.Event()
+
+    def spy(part: Any, chunks: list[bytes]) -> None:
+        on_loop = threading.current_thread() is threading.main_thread()
+        if writes and not slow_done.is_set():
+            slow_done.set()  # the second write of all: slow, while both are running
+            time.sleep(0.05)
+        writes.append((part.fd, on_loop))
+        real(part, chunks)
+
+    monkeypatch.setattr(_download, "_write_at", spy)
+    results = await asyncio.gather(
+        *(
+            fetch(session, url, tmp_path / f"{i}.mp4", rid=rid, policy=policy)
+            for i, (rid, url) in enumerate(zip(ids, urls, strict=True))
+        )
+    )
+    for result, rid in zip(results, ids, strict=True):
+        assert_clean_success(result, result.path, fake.video_bytes(rid))
+    fds = {fd for fd, _ in writes}
+    assert len(fds) == 2
+    after_slow = writes[2:]
+    for fd in fds:
+        mine = [on_loop for other, on_loop in after_slow if other == fd]
+        assert mine  # each download still had writes to make after the slow one
+        assert not any(mine)
+
+
+async def test_loop_writes_come_back_after_the_hold(
+    fake: FakeSiliconFlow,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once the hold after a slow write is over, a running download writes from the loop
+    again, its thread writes finished first: the bytes and the digest stay exact."""
+    monkeypatch.setattr(_download._LoopWrites, "HOLD_BACK", 0.05)
+    rid = fake.add_job(videos=[4 * MIB])
+    fake.add_fault("video", SlowBody(bytes_per_second=16 * MIB))  # about 0.25 s
+    on_loop = spy_on_writes(monkeypatch, first_takes=0.02)
+    policy = attrs.evolve(POLICY, max_loop_write=0.01)
+    path = tmp_path / "v.mp4"
+    result = await fetch(session, await status_url(session, fake, rid), path, policy=policy)
+    assert_clean_success(result, path, fake.video_bytes(rid))
+    assert on_loop[0] is True
+    assert on_loop.count(False) > 0
+    assert on_loop[-1] is True
 
 
 @pytest.mark.parametrize("hashed", [True, False], ids=["sha256", "no-sha256"])
@@ -918,7 +1005,6 @@ async def test_no_loop_budget_writes_from_worker_threads(
     session: aiohttp.ClientSession,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    loop_writes: _download._LoopWrites,
     hashed: bool,
 ) -> None:
     """With max_loop_write=0, no write (or hashing) runs on the event loop."""
