@@ -30,6 +30,7 @@ downloading the same file at once there may waste work and must not share a dest
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import json
@@ -38,7 +39,7 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn, TypeVar
 
@@ -505,21 +506,19 @@ class _Transfer:
         self.total = None
         self.hasher = _new_hasher(self.policy)
         self.validator = None
-        self._hold_idle()
-        try:
-            # The thread finishes even on a cancellation: it uses the descriptor our caller
-            # closes. No seek: every write goes to an explicit offset.
-            await _finish_before_cancel(asyncio.to_thread(_truncate, self.fd))
-        except OSError as exc:
-            raise self.ctx.error(_disk_message(exc, "truncate", self.ctx.part)) from exc
-        await self.ctx.disk("remove", self.ctx.meta, _remove_leftovers, self.ctx.meta)
-        self._heard(force=True)
+        with self._on_our_disk():
+            try:
+                # The thread finishes even on a cancellation: it uses the descriptor our
+                # caller closes. No seek: every write goes to an explicit offset.
+                await _finish_before_cancel(asyncio.to_thread(_truncate, self.fd))
+            except OSError as exc:
+                raise self.ctx.error(_disk_message(exc, "truncate", self.ctx.part)) from exc
+            await self.ctx.disk("remove", self.ctx.meta, _remove_leftovers, self.ctx.meta)
 
     async def _remember(self, validator: _Validator) -> None:
         self.validator = validator
-        self._hold_idle()
-        await self.ctx.disk("write", self.ctx.meta, _write_sidecar, self.ctx.meta, validator)
-        self._heard(force=True)
+        with self._on_our_disk():
+            await self.ctx.disk("write", self.ctx.meta, _write_sidecar, self.ctx.meta, validator)
 
     async def _flush(self, *, wait: bool = True) -> None:
         """Hand the received chunks to a worker thread (one hop per batch), which hashes
@@ -543,12 +542,11 @@ class _Transfer:
         # write (_finish_before_cancel), and the next batch must go after it.
         self.done += self.writing_size
         self.writing_size = 0
-        self._hold_idle()
-        try:
-            await _finish_before_cancel(writing)
-        except OSError as exc:
-            raise self.ctx.error(_disk_message(exc, "write", self.ctx.part)) from exc
-        self._heard(force=True)
+        with self._on_our_disk():
+            try:
+                await _finish_before_cancel(writing)
+            except OSError as exc:
+                raise self.ctx.error(_disk_message(exc, "write", self.ctx.part)) from exc
         if self.on_progress is not None:
             # Bytes received, like the per-chunk reports: never less than the last report.
             self.on_progress(self.done + self.pending_size, self.total)
@@ -637,11 +635,15 @@ class _Transfer:
             idle.reschedule(now + self.policy.read_timeout + slack)
             self.idle_pushed = now
 
-    def _hold_idle(self) -> None:
-        """Stop the idle clock while waiting for our own disk: a slow write is not a silent
-        host (the next _heard(force=True) starts it again)."""
+    @contextlib.contextmanager
+    def _on_our_disk(self) -> Iterator[None]:
+        """While we wait for our own disk, the host's idle clock stands still: a slow write
+        is not a silent host. It starts again from now afterwards (not after an error,
+        which ends the request anyway)."""
         if self.idle is not None and not self.idle.expired():
             self.idle.reschedule(None)
+        yield
+        self._heard(force=True)
 
     async def _handle(self, resp: aiohttp.ClientResponse) -> None:
         status = resp.status
