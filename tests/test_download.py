@@ -151,6 +151,13 @@ def assert_clean_success(
     assert not meta_of(path).exists()
 
 
+def assert_first_request_was_whole(fake: FakeSiliconFlow, rid: str) -> None:
+    """The one request for ``rid``'s video that ended was the first, whole one (a cut-off
+    request may still be running on the server, and is logged only when it ends)."""
+    (request,) = fake.requests_for("video", rid)
+    assert (request.status, request.headers.get("Range")) == (200, None)
+
+
 def assert_no_credentials(text: str) -> None:
     assert "Signature=" not in text
     assert "Expires=" not in text
@@ -382,10 +389,7 @@ async def test_a_slow_steady_body_is_not_timed_out(
     policy = attrs.evolve(POLICY, read_timeout=0.3)
     result = await fetch(session, await status_url(session, fake, rid), path, policy=policy)
     assert_clean_success(result, path, fake.video_bytes(rid))
-    # A cut-off request may still be running on the server, unlogged: check the one that
-    # ended is the first, whole one.
-    (request,) = fake.requests_for("video", rid)
-    assert (request.status, request.headers.get("Range")) == (200, None)
+    assert_first_request_was_whole(fake, rid)
 
 
 async def test_a_slow_disk_is_not_a_silent_host(
@@ -402,10 +406,7 @@ async def test_a_slow_disk_is_not_a_silent_host(
     policy = attrs.evolve(POLICY, read_timeout=0.2, max_loop_write=0)
     result = await fetch(session, await status_url(session, fake, rid), path, policy=policy)
     assert_clean_success(result, path, fake.video_bytes(rid))
-    # A cut-off request may still be running on the server, unlogged: check the one that
-    # ended is the first, whole one.
-    (request,) = fake.requests_for("video", rid)
-    assert (request.status, request.headers.get("Range")) == (200, None)
+    assert_first_request_was_whole(fake, rid)
 
 
 async def test_retries_log_at_debug_without_the_signed_query(
