@@ -7,17 +7,9 @@
     outcomes = await wait_and_download(request_ids, "videos/")
 """
 
-from ._batch import (
-    EventKind,
-    Naming,
-    Outcome,
-    ProgressCallback,
-    ProgressEvent,
-    wait_and_download,
-)
-from ._client import AsyncClient, WaitResult
+from ._api import wait_and_download
+from ._client import AsyncClient
 from ._config import DownloadPolicy, PollPolicy, RetryPolicy
-from ._download import VideoFile
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -42,7 +34,20 @@ from ._exceptions import (
     WaitTimeoutError,
 )
 from ._logging import RedactingFilter
-from ._models import Status, Timings, Video, VideoResults, VideoStatus
+from ._models import (
+    EventKind,
+    Naming,
+    Outcome,
+    ProgressCallback,
+    ProgressEvent,
+    Status,
+    Timings,
+    Video,
+    VideoFile,
+    VideoResults,
+    VideoStatus,
+    WaitResult,
+)
 from ._pacing import GovernorStats
 
 __version__ = "0.1.0"

@@ -9,16 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import os
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
-import attrs
-
-from ._client import AsyncClient, WaitResult, _check_request_id
-from ._download import VideoFile, download_video
 from ._exceptions import (
     ConfigurationError,
     DownloadError,
@@ -26,62 +20,52 @@ from ._exceptions import (
     UnsafeFileNameError,
 )
 from ._logging import logger, scrub_urls
-from ._models import Status, VideoStatus
+from ._models import (
+    EventKind,
+    Naming,
+    Outcome,
+    ProgressCallback,
+    ProgressEvent,
+    VideoFile,
+    VideoStatus,
+    WaitResult,
+    check_request_id,
+)
 from ._naming import default_name, target_path
 
-__all__ = ["EventKind", "Outcome", "ProgressEvent", "run_batch", "wait_and_download"]
+__all__ = ["BatchClient", "run_batch"]
 
-#: ``naming(request_id, index, url) -> file name``; the name must be one plain component.
-Naming = Callable[[str, int, str], str]
-
-
-class EventKind(enum.StrEnum):
-    """What a ``ProgressEvent`` reports."""
-
-    STATUS = "status"  #: the job's status changed
-    BYTES = "bytes"  #: more bytes of one video arrived (``bytes_done`` of ``bytes_total``)
-    FILE = "file"  #: one video is complete under its final name
-    DONE = "done"  #: the id is finished; ``error`` says whether it failed
+StatusListener = Callable[[VideoStatus], None]
 
 
-@attrs.frozen
-class ProgressEvent:
-    """One step of one id's progress, given to the ``progress`` callback."""
+class BatchClient(Protocol):
+    """What the pipeline needs from a client: its waits, a fresh status, and one video's
+    transfer (the client owns the sessions, the limits and the disk-write state)."""
 
-    request_id: str
-    kind: EventKind
-    status: Status | None = None
-    index: int | None = None
-    bytes_done: int = 0
-    bytes_total: int | None = None
-    path: Path | None = None
-    error: SiliconFlowError | None = None
+    def check_usable(self) -> None:
+        """Raise a plain error when the client cannot be used here (closed, other loop)."""
+        ...
 
+    def completions(
+        self,
+        request_ids: list[str],
+        *,
+        timeout: float | None,
+        on_status: Callable[[str], StatusListener | None] | None,
+    ) -> AsyncGenerator[WaitResult, None]: ...
 
-ProgressCallback = Callable[[ProgressEvent], None]
+    async def get_status(self, request_id: str) -> VideoStatus: ...
 
-
-@attrs.frozen
-class Outcome:
-    """How one requestId ended.
-
-    ``ok`` is True when the job succeeded and every one of its videos is on disk, whole.
-    ``files`` holds the complete videos (path, size, sha256), in the API's order.
-    """
-
-    request_id: str
-    status: VideoStatus | None
-    files: tuple[VideoFile, ...] = ()
-    error: SiliconFlowError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def paths(self) -> list[Path]:
-        """The complete videos' paths, one per video, in the API's order."""
-        return [f.path for f in self.files]
+    async def fetch_video(
+        self,
+        url: str,
+        path: Path,
+        *,
+        refresh_url: Callable[[], Awaitable[str | None]],
+        request_id: str,
+        index: int,
+        on_progress: Callable[[int, int | None], None] | None,
+    ) -> VideoFile: ...
 
 
 def _safe(progress: ProgressCallback | None) -> ProgressCallback:
@@ -114,7 +98,7 @@ def _as_error(exc: BaseException, request_id: str) -> SiliconFlowError:
 class _Batch:
     def __init__(
         self,
-        client: AsyncClient,
+        client: BatchClient,
         dest: Path,
         *,
         max_concurrent_downloads: int,
@@ -174,12 +158,10 @@ class _Batch:
             )
 
         async with self.slots:
-            video = await download_video(
-                self.client._videos(),
+            video = await self.client.fetch_video(
                 url,
                 path,
                 refresh_url=lambda: self.refresh_url(request_id, index),
-                policy=self.client.download_policy,
                 request_id=request_id,
                 index=index,
                 on_progress=on_bytes if self.counting_bytes else None,
@@ -224,7 +206,7 @@ class _Batch:
 
 
 async def run_batch(
-    client: AsyncClient,
+    client: BatchClient,
     request_ids: Iterable[str],
     dest: Path,
     *,
@@ -237,7 +219,7 @@ async def run_batch(
         raise TypeError("request_ids must be a list of ids, not one string")
     if max_concurrent_downloads < 1:
         raise ConfigurationError("max_concurrent_downloads must be >= 1")
-    client._api()  # a closed client, or another loop's: a plain error, before any task
+    client.check_usable()  # a closed client, or another loop's: a plain error, before any task
     ids = list(request_ids)
     batch = _Batch(
         client,
@@ -249,7 +231,7 @@ async def run_batch(
     valid: list[str] = []
     for rid in dict.fromkeys(ids):
         try:
-            valid.append(_check_request_id(rid))
+            valid.append(check_request_id(rid))
         except SiliconFlowError as exc:
             batch.finish(Outcome(rid, None, (), exc))
     try:
@@ -260,7 +242,7 @@ async def run_batch(
             path=str(dest),
         ) from exc
     async with asyncio.TaskGroup() as tasks:
-        completions = client._completions(valid, timeout=timeout, listener=batch.listener)
+        completions = client.completions(valid, timeout=timeout, on_status=batch.listener)
         async with contextlib.aclosing(completions):
             async for result in completions:
                 batch.waited(result, tasks)
@@ -273,37 +255,3 @@ def _no_result(request_id: str) -> Outcome:
     return Outcome(
         request_id, None, (), SiliconFlowError("no result came back", request_id=request_id)
     )
-
-
-async def wait_and_download(
-    request_ids: Iterable[str],
-    dest: str | os.PathLike[str],
-    *,
-    api_key: str | None = None,
-    base_url: str | None = None,
-    timeout: float | None = None,
-    max_concurrent_downloads: int | None = None,
-    progress: ProgressCallback | None = None,
-    naming: Naming | None = None,
-    **client_options: Any,
-) -> list[Outcome]:
-    """Wait for every job and download every video into ``dest``.
-
-    Returns one :class:`Outcome` per id, in the order given. A job that failed, an id the
-    API rejects, or a video that cannot be fetched is that id's outcome; the others carry on.
-    Downloads start as soon as each job succeeds. Files are written to ``<name>.part`` and
-    renamed only when whole; a rerun over the same folder fetches nothing twice and resumes
-    partial files.
-
-    ``client_options`` go to :class:`AsyncClient` (``max_concurrent_requests``,
-    ``poll_interval``, ...). To share one client, use ``AsyncClient.wait_and_download``.
-    """
-    async with AsyncClient(api_key, base_url, **client_options) as client:
-        return await client.wait_and_download(
-            request_ids,
-            dest,
-            timeout=timeout,
-            max_concurrent_downloads=max_concurrent_downloads,
-            progress=progress,
-            naming=naming,
-        )

@@ -27,8 +27,7 @@ from typing import Any, TextIO
 
 import attrs
 
-from ._batch import Outcome
-from ._client import AsyncClient, WaitResult
+from ._client import AsyncClient
 from ._config import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -58,7 +57,7 @@ from ._exceptions import (
     WaitTimeoutError,
 )
 from ._logging import RedactingFilter
-from ._models import Status, VideoStatus
+from ._models import Outcome, Status, VideoStatus, WaitResult
 from ._progress import Display, DisplayHandler, LiveDisplay, PlainDisplay, printable, write_text
 
 __all__ = ["build_parser", "main"]
@@ -712,7 +711,7 @@ class Cli:
         self.display.track(ids, downloading=False)
         results: dict[str, WaitResult] = {}
         # The private iterator of as_completed, for its per-id status listener.
-        completions = client._completions(ids, timeout=timeout, listener=self.display.listener)
+        completions = client.as_completed(ids, timeout=timeout, on_status=self.display.listener)
         async with contextlib.aclosing(completions):
             async for result in completions:
                 results[result.request_id] = result

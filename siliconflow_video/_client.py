@@ -6,17 +6,19 @@ import asyncio
 import base64
 import json
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiofiles
 import aiohttp
 import attrs
 
+from ._batch import run_batch
 from ._config import (
     DEFAULT_DOWNLOAD,
+    DEFAULT_POLL,
     DEFAULT_RETRY,
     DownloadPolicy,
     PollPolicy,
@@ -24,6 +26,7 @@ from ._config import (
     resolve_api_key,
     resolve_base_url,
 )
+from ._download import download_video
 from ._exceptions import (
     ConfigurationError,
     JobFailedError,
@@ -32,39 +35,27 @@ from ._exceptions import (
     WaitTimeoutError,
 )
 from ._http import APITransport, is_safe_to_resubmit, with_retries
-from ._models import Status, VideoStatus, excerpt, parse_status
+from ._models import (
+    Naming,
+    Outcome,
+    ProgressCallback,
+    Status,
+    VideoFile,
+    VideoStatus,
+    WaitResult,
+    check_request_id,
+    excerpt,
+    parse_status,
+)
 from ._pacing import GovernorStats, RateGovernor
 from ._poller import Poller, StatusListener
 
-if TYPE_CHECKING:
-    from ._batch import Naming, Outcome, ProgressCallback
-
-__all__ = ["AsyncClient", "WaitResult"]
+__all__ = ["AsyncClient"]
 
 ImageInput = str | bytes | os.PathLike[str]
 
-
-@attrs.frozen
-class WaitResult:
-    """How waiting for one job ended: its terminal status, or the error that ended it
-    (``JobFailedError``, ``WaitTimeoutError``, an ``APIStatusError``...)."""
-
-    request_id: str
-    status: VideoStatus | None
-    error: SiliconFlowError | None
-
-    @property
-    def ok(self) -> bool:
-        """True when the job succeeded."""
-        return self.error is None
-
-
-def _check_request_id(request_id: object) -> str:
-    if not isinstance(request_id, str):
-        raise TypeError(f"request_id must be a str, got {type(request_id).__name__}")
-    if not request_id.strip():
-        raise ConfigurationError("request_id must be a non-empty string")
-    return request_id
+#: Per id, the callback told of each status a poll reads (or None for none).
+OnStatus = Callable[[str], StatusListener | None]
 
 
 def _sniff_image_type(data: bytes) -> str:
@@ -122,9 +113,10 @@ class AsyncClient:
         base_url: str | None = None,
         *,
         max_concurrent_requests: int = 16,
-        poll_interval: float = 1.0,
-        max_poll_interval: float = 10.0,
-        timeout: float = 60.0,
+        poll: PollPolicy = DEFAULT_POLL,
+        poll_interval: float | None = None,
+        max_poll_interval: float | None = None,
+        request_timeout: float = 60.0,
         retry: RetryPolicy = DEFAULT_RETRY,
         max_concurrent_downloads: int = 4,
         download: DownloadPolicy = DEFAULT_DOWNLOAD,
@@ -136,17 +128,32 @@ class AsyncClient:
             raise ConfigurationError("max_concurrent_requests must be >= 1")
         if max_concurrent_downloads < 1:
             raise ConfigurationError("max_concurrent_downloads must be >= 1")
-        if not timeout > 0:
-            raise ConfigurationError("timeout must be > 0")
-        self.poll_policy = PollPolicy(interval=poll_interval, max_interval=max_poll_interval)
+        if not request_timeout > 0:
+            raise ConfigurationError("request_timeout must be > 0")
+        for name, policy, kind in (
+            ("poll", poll, PollPolicy),
+            ("retry", retry, RetryPolicy),
+            ("download", download, DownloadPolicy),
+        ):
+            if not isinstance(policy, kind):
+                raise ConfigurationError(
+                    f"{name} must be a {kind.__name__}, got {type(policy).__name__}"
+                )
+        # The two shorthands override those fields of ``poll``; PollPolicy checks the result.
+        shorthands = {"interval": poll_interval, "max_interval": max_poll_interval}
+        self.poll_policy = attrs.evolve(
+            poll, **{field: value for field, value in shorthands.items() if value is not None}
+        )
         self.retry_policy = retry
         self.download_policy = download
         self.max_concurrent_requests = max_concurrent_requests
         self.max_concurrent_downloads = max_concurrent_downloads
-        self._timeout = timeout
+        self._request_timeout = request_timeout
         self._session = session
         self._owns_session = session is None
         self._download_session: aiohttp.ClientSession | None = None
+        # One cap for every call on this client: a FastAPI app's many requests share it.
+        self._download_slots = asyncio.Semaphore(max_concurrent_downloads)
         self._governor = RateGovernor()
         self._transport: APITransport | None = None
         self._poller = Poller(
@@ -216,7 +223,7 @@ class AsyncClient:
                 self._session,
                 self.base_url,
                 self._api_key,
-                timeout=self._timeout,
+                timeout=self._request_timeout,
                 max_concurrent_requests=self.max_concurrent_requests,
                 governor=self._governor,
                 max_retry_after=self.retry_policy.max_retry_after,
@@ -230,7 +237,7 @@ class AsyncClient:
             raise SiliconFlowError("the AsyncClient is closed")
         if self._download_session is None:
             self._download_session = aiohttp.ClientSession(
-                # No cap here: each batch's own max_concurrent_downloads is the limit.
+                # No cap here: the client's download slots are the limit.
                 connector=aiohttp.TCPConnector(limit=0),
                 auto_decompress=False,
                 raise_for_status=False,
@@ -248,7 +255,7 @@ class AsyncClient:
     async def get_status(self, request_id: str) -> VideoStatus:
         """The job's status now. Transient failures are retried within the retry policy;
         400/401/402/403/404 raise at once."""
-        request_id = _check_request_id(request_id)
+        request_id = check_request_id(request_id)
         return await with_retries(self.retry_policy, lambda: self._status_once(request_id))
 
     async def wait(self, request_id: str, *, timeout: float | None = None) -> VideoStatus:
@@ -258,7 +265,7 @@ class AsyncClient:
         ``WaitTimeoutError`` (a ``TimeoutError``) when ``timeout`` seconds pass first.
         Transient API failures only delay the next poll. Cancelling is clean.
         """
-        request_id = _check_request_id(request_id)
+        request_id = check_request_id(request_id)
         status = await self._wait(request_id, timeout=timeout, listener=None)
         if status.status is Status.FAILED:
             raise JobFailedError(request_id, status.reason)
@@ -281,8 +288,12 @@ class AsyncClient:
             future.cancel()  # a no-op once done; otherwise stops polling for this waiter
 
     def as_completed(
-        self, request_ids: Iterable[str], *, timeout: float | None = None
-    ) -> AsyncIterator[WaitResult]:
+        self,
+        request_ids: Iterable[str],
+        *,
+        timeout: float | None = None,
+        on_status: OnStatus | None = None,
+    ) -> AsyncGenerator[WaitResult, None]:
         """Yield one ``WaitResult`` per id, in the order the jobs finish.
 
         Like ``asyncio.as_completed``, but each result names its id and carries either the
@@ -291,18 +302,21 @@ class AsyncClient:
         loop early stops polling for the rest once the iterator is closed: use
         ``async with contextlib.aclosing(client.as_completed(ids)) as results:`` to make
         that immediate.
+
+        ``on_status(request_id)`` may return a callback that is told of every status a
+        poll reads for that id (a live display's feed); it must not raise.
         """
         if isinstance(request_ids, str):
             raise TypeError("request_ids must be a list of ids, not one string")
-        ids = [_check_request_id(rid) for rid in request_ids]
-        return self._completions(ids, timeout=timeout, listener=None)
+        ids = [check_request_id(rid) for rid in request_ids]
+        return self._completions(ids, timeout=timeout, listener=on_status)
 
     async def _completions(
         self,
         ids: list[str],
         *,
         timeout: float | None,
-        listener: Callable[[str], StatusListener | None] | None,
+        listener: OnStatus | None,
     ) -> AsyncGenerator[WaitResult, None]:
         self._api()
         loop = asyncio.get_running_loop()
@@ -400,11 +414,10 @@ class AsyncClient:
         naming: Naming | None = None,
     ) -> list[Outcome]:
         """Wait for every job and download every video into ``dest``; see
-        :func:`siliconflow_video.wait_and_download`."""
-        from ._batch import run_batch
-
+        :func:`siliconflow_video.wait_and_download`. ``max_concurrent_downloads`` may
+        lower the client's cap for this call; the client's cap holds across all calls."""
         return await run_batch(
-            self,
+            _BatchPort(self),
             request_ids,
             Path(dest),
             timeout=timeout,
@@ -416,6 +429,47 @@ class AsyncClient:
             progress=progress,
             naming=naming,
         )
+
+
+class _BatchPort:
+    """The client as the pipeline sees it (``_batch.BatchClient``)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    def check_usable(self) -> None:
+        self._client._api()
+
+    def completions(
+        self, request_ids: list[str], *, timeout: float | None, on_status: OnStatus | None
+    ) -> AsyncGenerator[WaitResult, None]:
+        return self._client._completions(request_ids, timeout=timeout, listener=on_status)
+
+    async def get_status(self, request_id: str) -> VideoStatus:
+        return await self._client.get_status(request_id)
+
+    async def fetch_video(
+        self,
+        url: str,
+        path: Path,
+        *,
+        refresh_url: Callable[[], Awaitable[str | None]],
+        request_id: str,
+        index: int,
+        on_progress: Callable[[int, int | None], None] | None,
+    ) -> VideoFile:
+        client = self._client
+        async with client._download_slots:
+            return await download_video(
+                client._videos(),
+                url,
+                path,
+                refresh_url=refresh_url,
+                policy=client.download_policy,
+                request_id=request_id,
+                index=index,
+                on_progress=on_progress,
+            )
 
 
 def _result(request_id: str, future: asyncio.Future[VideoStatus]) -> WaitResult:

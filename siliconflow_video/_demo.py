@@ -14,9 +14,9 @@ from pathlib import Path
 
 import attrs
 
-from ._batch import Outcome, ProgressCallback
 from ._client import AsyncClient
 from ._config import DownloadPolicy
+from ._models import Outcome, ProgressCallback
 from ._progress import human_size
 
 __all__ = ["DEMO_JOBS", "DEMO_MODEL", "DemoRun", "demo_report", "run_demo"]

@@ -53,6 +53,7 @@ import yarl
 from ._config import DownloadPolicy
 from ._exceptions import DownloadError, VideoURLExpiredError
 from ._logging import logger, redact_url, scrub_urls
+from ._models import VideoFile
 
 if sys.platform != "win32":
     import fcntl
@@ -80,22 +81,6 @@ _NUMBER = r"([0-9]{1,20})"
 _CONTENT_RANGE = re.compile(rf"bytes\s+{_NUMBER}-{_NUMBER}/{_NUMBER}")
 _UNSATISFIED_RANGE = re.compile(rf"bytes\s+\*/{_NUMBER}")
 _XML_FIELD = re.compile(r"<(Code|Message)>([^<]{0,200})</\1>")
-
-
-@attrs.frozen
-class VideoFile:
-    """A complete video on disk.
-
-    ``sha256`` is the hex digest of its bytes when ``DownloadPolicy(sha256=True)`` asked
-    for it, else None; ``reused`` is True when a complete file was already at ``path`` and
-    nothing was downloaded; ``index`` is the video's place in the job's ``results.videos``.
-    """
-
-    path: Path
-    size: int
-    sha256: str | None
-    reused: bool
-    index: int
 
 
 async def download_video(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -21,10 +22,25 @@ import cattrs
 import cattrs.gen
 import cattrs.v
 
-from ._exceptions import MalformedResponseError
+from ._exceptions import ConfigurationError, MalformedResponseError, SiliconFlowError
 from ._logging import logger, redact_url, scrub_urls
 
-__all__ = ["Status", "Timings", "Video", "VideoResults", "VideoStatus", "parse_status"]
+__all__ = [
+    "EventKind",
+    "Naming",
+    "Outcome",
+    "ProgressCallback",
+    "ProgressEvent",
+    "Status",
+    "Timings",
+    "Video",
+    "VideoFile",
+    "VideoResults",
+    "VideoStatus",
+    "WaitResult",
+    "check_request_id",
+    "parse_status",
+]
 
 
 class Status(enum.StrEnum):
@@ -234,3 +250,99 @@ def parse_status(body: bytes, request_id: str) -> VideoStatus:
             request_id=request_id,
         )
     return status
+
+
+# -- what the client gives back ------------------------------------------------------------
+
+
+def check_request_id(request_id: object) -> str:
+    """``request_id`` itself when it is a non-empty string; a typed error otherwise."""
+    if not isinstance(request_id, str):
+        raise TypeError(f"request_id must be a str, got {type(request_id).__name__}")
+    if not request_id.strip():
+        raise ConfigurationError("request_id must be a non-empty string")
+    return request_id
+
+
+@attrs.frozen
+class WaitResult:
+    """How waiting for one job ended: its terminal status, or the error that ended it
+    (``JobFailedError``, ``WaitTimeoutError``, an ``APIStatusError``...)."""
+
+    request_id: str
+    status: VideoStatus | None
+    error: SiliconFlowError | None
+
+    @property
+    def ok(self) -> bool:
+        """True when the job succeeded."""
+        return self.error is None
+
+
+@attrs.frozen
+class VideoFile:
+    """A complete video on disk.
+
+    ``sha256`` is the hex digest of its bytes when ``DownloadPolicy(sha256=True)`` asked
+    for it, else None; ``reused`` is True when a complete file was already at ``path`` and
+    nothing was downloaded; ``index`` is the video's place in the job's ``results.videos``.
+    """
+
+    path: Path
+    size: int
+    sha256: str | None
+    reused: bool
+    index: int
+
+
+#: ``naming(request_id, index, url) -> file name``; the name must be one plain component.
+Naming = Callable[[str, int, str], str]
+
+
+class EventKind(enum.StrEnum):
+    """What a ``ProgressEvent`` reports."""
+
+    STATUS = "status"  #: the job's status changed
+    BYTES = "bytes"  #: more bytes of one video arrived (``bytes_done`` of ``bytes_total``)
+    FILE = "file"  #: one video is complete under its final name
+    DONE = "done"  #: the id is finished; ``error`` says whether it failed
+
+
+@attrs.frozen
+class ProgressEvent:
+    """One step of one id's progress, given to the ``progress`` callback."""
+
+    request_id: str
+    kind: EventKind
+    status: Status | None = None
+    index: int | None = None
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    path: Path | None = None
+    error: SiliconFlowError | None = None
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@attrs.frozen
+class Outcome:
+    """How one requestId ended.
+
+    ``ok`` is True when the job succeeded and every one of its videos is on disk, whole.
+    ``files`` holds the complete videos (path, size, sha256), in the API's order.
+    """
+
+    request_id: str
+    status: VideoStatus | None
+    files: tuple[VideoFile, ...] = ()
+    error: SiliconFlowError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def paths(self) -> list[Path]:
+        """The complete videos' paths, one per video, in the API's order."""
+        return [f.path for f in self.files]

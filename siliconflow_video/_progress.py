@@ -20,8 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
 from rich.text import Text
 
-from ._batch import EventKind, ProgressEvent
-from ._models import Status, VideoStatus
+from ._models import EventKind, ProgressEvent, Status, VideoStatus
 
 __all__ = ["Display", "DisplayHandler", "LiveDisplay", "PlainDisplay", "human_size"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -257,19 +258,41 @@ async def test_closed_client_is_a_plain_error(fake: FakeSiliconFlow, tmp_path: P
         await client.wait_and_download([fake.add_job()], tmp_path)
 
 
-async def test_per_call_download_limit_above_the_client_default(
+async def test_per_call_download_limit_cannot_raise_the_clients(
     fake: FakeSiliconFlow, tmp_path: Path
 ) -> None:
-    """max_concurrent_downloads given per call is honoured even above the client's own."""
-    ids = [fake.add_job(videos=[150_000]) for _ in range(8)]
+    """max_concurrent_downloads given per call lowers the client's cap but never raises it."""
     fake.add_fault("video", SlowBody(300_000), times=None)
-    transfers = Transfers()
-    async with make_client(fake, max_concurrent_downloads=1) as client:
+    async with make_client(fake, max_concurrent_downloads=3) as client:
+        above, below = Transfers(), Transfers()
+        ids = [fake.add_job(videos=[150_000]) for _ in range(8)]
         outcomes = await client.wait_and_download(
-            ids, tmp_path, max_concurrent_downloads=6, progress=transfers
+            ids, tmp_path / "above", max_concurrent_downloads=6, progress=above
+        )
+        ids = [fake.add_job(videos=[150_000]) for _ in range(8)]
+        outcomes += await client.wait_and_download(
+            ids, tmp_path / "below", max_concurrent_downloads=2, progress=below
         )
     assert all(o.ok for o in outcomes)
-    assert transfers.peak == 6
+    assert (above.peak, below.peak) == (3, 2)
+
+
+async def test_download_cap_holds_across_concurrent_calls(
+    fake: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """Many calls at once on one client (a web service) share its max_concurrent_downloads."""
+    fake.add_fault("video", SlowBody(300_000), times=None)
+    transfers = Transfers()
+    async with make_client(fake, max_concurrent_downloads=4) as client:
+        calls = [
+            client.wait_and_download(
+                [fake.add_job(videos=[150_000])], tmp_path / str(n), progress=transfers
+            )
+            for n in range(12)
+        ]
+        results = await asyncio.gather(*calls)
+    assert all(o.ok for outcomes in results for o in outcomes)
+    assert transfers.peak == 4
 
 
 async def test_names_differing_only_in_case_clash(
@@ -282,5 +305,8 @@ async def test_names_differing_only_in_case_clash(
     outcomes = await client.wait_and_download(
         [a, b], tmp_path, naming=lambda rid, i, url: names[rid]
     )
-    assert outcomes[0].ok
-    assert isinstance(outcomes[1].error, sv.UnsafeFileNameError)
+    # Which of the two is seen first depends on poll order: one gets the name, one fails.
+    [won] = [o for o in outcomes if o.ok]
+    [lost] = [o for o in outcomes if not o.ok]
+    assert isinstance(lost.error, sv.UnsafeFileNameError)
+    assert won.paths[0].name == names[won.request_id]

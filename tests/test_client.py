@@ -547,7 +547,7 @@ async def test_a_raising_status_listener_does_not_stall_the_wait(
 
         return listener
 
-    results = [r async for r in client._completions([rid], timeout=10, listener=explode)]
+    results = [r async for r in client.as_completed([rid], timeout=10, on_status=explode)]
     assert results[0].ok
 
 
