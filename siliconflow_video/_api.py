@@ -41,6 +41,7 @@ async def wait_and_download(
     request_timeout: float = 60.0,
     retry: RetryPolicy = DEFAULT_RETRY,
     download: DownloadPolicy = DEFAULT_DOWNLOAD,
+    trust_env: bool = True,
 ) -> list[Outcome]:
     """Wait for every job and download every video into ``dest``.
 
@@ -66,6 +67,7 @@ async def wait_and_download(
         retry=retry,
         max_concurrent_downloads=max_concurrent_downloads,
         download=download,
+        trust_env=trust_env,
     ) as client:
         return await client.wait_and_download(
             request_ids,

@@ -103,8 +103,18 @@ class AsyncClient:
 
     One client polls any number of jobs through one connection pool, with at most
     ``max_concurrent_requests`` API requests in flight, and adapts its request rate to the
-    account's rate limit. A ``session`` passed in is used for API calls and is not closed by
-    the client; video downloads always use a separate session that never sees the key.
+    account's rate limit. At most ``max_concurrent_downloads`` videos are in transfer at
+    once across every call on the client.
+
+    ``poll`` sets how status calls are spaced; ``poll_interval`` and ``max_poll_interval``
+    are shorthands that override those two fields of it. ``request_timeout`` bounds one API
+    request (the ``timeout=`` of ``wait`` and friends is the deadline of a whole wait).
+
+    A ``session`` passed in is used for API calls and is not closed by the client; video
+    downloads use a separate session that never sees the key: ``video_session`` if given
+    (it must have ``auto_decompress=False``; it is not closed either), else one the client
+    creates. Sessions the client creates follow ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY``
+    (and ``.netrc``) as requests and httpx do, unless ``trust_env=False``.
     """
 
     def __init__(
@@ -121,6 +131,8 @@ class AsyncClient:
         max_concurrent_downloads: int = 4,
         download: DownloadPolicy = DEFAULT_DOWNLOAD,
         session: aiohttp.ClientSession | None = None,
+        video_session: aiohttp.ClientSession | None = None,
+        trust_env: bool = True,
     ) -> None:
         self._api_key = resolve_api_key(api_key)
         self.base_url = resolve_base_url(base_url)
@@ -151,7 +163,14 @@ class AsyncClient:
         self._request_timeout = request_timeout
         self._session = session
         self._owns_session = session is None
-        self._download_session: aiohttp.ClientSession | None = None
+        if video_session is not None and video_session.auto_decompress:
+            raise ConfigurationError(
+                "video_session must be created with auto_decompress=False: the bytes on "
+                "disk must be the bytes the host sent, and their length the announced one"
+            )
+        self._trust_env = trust_env
+        self._download_session = video_session
+        self._owns_download_session = video_session is None
         # One cap for every call on this client: a FastAPI app's many requests share it.
         self._download_slots = asyncio.Semaphore(max_concurrent_downloads)
         self._governor = RateGovernor()
@@ -186,7 +205,7 @@ class AsyncClient:
             return
         self._closed = True
         await self._poller.aclose()
-        if self._download_session is not None:
+        if self._owns_download_session and self._download_session is not None:
             await self._download_session.close()
         if self._owns_session and self._session is not None:
             await self._session.close()
@@ -218,6 +237,7 @@ class AsyncClient:
                         limit=self.max_concurrent_requests, ttl_dns_cache=300
                     ),
                     raise_for_status=False,
+                    trust_env=self._trust_env,
                 )
             self._transport = APITransport(
                 self._session,
@@ -241,6 +261,7 @@ class AsyncClient:
                 connector=aiohttp.TCPConnector(limit=0),
                 auto_decompress=False,
                 raise_for_status=False,
+                trust_env=self._trust_env,
             )
         return self._download_session
 

@@ -7,6 +7,7 @@ with ``attrs.evolve(policy, field=value)``.
 from __future__ import annotations
 
 import os
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -21,6 +22,11 @@ DEFAULT_BASE_URL = "https://api.siliconflow.cn/v1"
 def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not value > 0:
         raise ConfigurationError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def _not_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value >= 0:
+        raise ConfigurationError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
 def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -88,7 +94,7 @@ class DownloadPolicy:
     #: more. Time spent waiting for our own disk does not count.
     read_timeout: float = attrs.field(default=60.0, validator=_positive)
     #: How many times an expired URL is exchanged for a fresh one per video.
-    max_url_refreshes: int = attrs.field(default=3)
+    max_url_refreshes: int = attrs.field(default=3, validator=_not_negative)
     #: fsync each file before its rename, so it survives a power cut, not only a crash.
     fsync: bool = False
     #: Longest a disk write (with its hashing) may hold the event loop, in seconds. Bytes
@@ -96,7 +102,7 @@ class DownloadPolicy:
     #: (half the cost of handing them to a thread); after one write slower than this,
     #: writes go through worker threads, a ``write_buffer`` at a time, for a minute.
     #: 0: always through worker threads.
-    max_loop_write: float = attrs.field(default=0.005, validator=attrs.validators.ge(0))
+    max_loop_write: float = attrs.field(default=0.005, validator=_not_negative)
     #: Compute each video's sha256 while it streams (``VideoFile.sha256``). Off by default:
     #: it costs about as much CPU as the download itself, and SiliconFlow publishes no
     #: digest to check it against (the announced length guards every download either way,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import siliconflow_video as sv
 from siliconflow_video import MalformedResponseError, Status, VideoStatus
 from siliconflow_video._http import parse_retry_after
 from siliconflow_video._models import parse_status
@@ -149,3 +151,33 @@ def test_signed_queries_stay_out_of_reprs_and_excerpts() -> None:
     with pytest.raises(MalformedResponseError) as caught:
         parse_status(bad, "r")
     assert "SECRET" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda: sv.DownloadPolicy(max_url_refreshes=-1), "max_url_refreshes"),
+        (lambda: sv.DownloadPolicy(max_loop_write=-0.5), "max_loop_write"),
+        (lambda: sv.PollPolicy(growth=0.5), "growth"),
+        (lambda: sv.PollPolicy(interval=5, max_interval=1), "max_poll_interval"),
+    ],
+)
+def test_policies_refuse_bad_values(make: Callable[[], object], field: str) -> None:
+    """Every policy field is checked when the policy is made: a typed ConfigurationError
+    naming the field, not a failure deep inside a download."""
+    with pytest.raises(sv.ConfigurationError, match=field):
+        make()
+
+
+def test_client_takes_a_poll_policy_and_checks_policy_types() -> None:
+    """AsyncClient(poll=PollPolicy(...)) is used as given (the shorthands override its two
+    fields), and a policy of the wrong type is a ConfigurationError."""
+    policy = sv.PollPolicy(interval=2.0, max_interval=30.0, growth=1.2, jitter=0.1)
+    client = sv.AsyncClient("sk-x", "http://127.0.0.1:9/v1", poll=policy)
+    assert client.poll_policy == policy
+    client = sv.AsyncClient("sk-x", "http://127.0.0.1:9/v1", poll=policy, poll_interval=3.0)
+    assert client.poll_policy == sv.PollPolicy(
+        interval=3.0, max_interval=30.0, growth=1.2, jitter=0.1
+    )
+    with pytest.raises(sv.ConfigurationError, match="retry must be a RetryPolicy"):
+        sv.AsyncClient("sk-x", "http://127.0.0.1:9/v1", retry=policy)  # type: ignore[arg-type]
