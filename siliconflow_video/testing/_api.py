@@ -9,7 +9,7 @@ import asyncio
 import json
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
@@ -26,9 +26,7 @@ from ._faults import (
     unauthorized,
 )
 from ._jobs import LoggedRequest
-
-if TYPE_CHECKING:
-    from ._server import FakeSiliconFlow
+from ._state import FakeState
 
 __all__ = ["make_api_app"]
 
@@ -77,8 +75,8 @@ def _invalid(message: str) -> _Answer:
 
 
 class _ApiHandlers:
-    def __init__(self, fake: FakeSiliconFlow) -> None:
-        self.fake = fake
+    def __init__(self, state: FakeState) -> None:
+        self.state = state
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, "submit")
@@ -90,9 +88,8 @@ class _ApiHandlers:
         return _Answer.error(not_found()).response()
 
     async def _handle(self, request: web.Request, target: Target) -> web.StreamResponse:
-        fake = self.fake
-        fake._enter_api()
-        try:
+        state = self.state
+        with state.api_call():
             arrived = time.monotonic()
             raw = await request.read()
             try:
@@ -102,11 +99,11 @@ class _ApiHandlers:
             request_id = body.get("requestId") if isinstance(body, dict) else None
             if not isinstance(request_id, str):
                 request_id = None
-            if fake.latency > 0:
-                await asyncio.sleep(fake.latency)
+            if state.latency > 0:
+                await asyncio.sleep(state.latency)
             answer, fault_name, request_id = await self._answer(request, target, body, request_id)
-            if fake.log_requests:
-                fake._record(
+            if state.log_requests:
+                state.record(
                     LoggedRequest(
                         target=target,
                         method=request.method,
@@ -124,20 +121,18 @@ class _ApiHandlers:
                 _transport.reset(request)
                 return web.Response()  # never sent: the transport is gone
             return answer.response()
-        finally:
-            fake._leave_api()
 
     async def _answer(
         self, request: web.Request, target: Target, body: Any, request_id: str | None
     ) -> tuple[_Answer | None, str | None, str | None]:
         """(answer or None for a reset, fault name, request id) of one API request."""
-        fake = self.fake
+        state = self.state
         if not self._authorized(request):
             return _Answer.error(unauthorized()), None, request_id
-        limited = fake._rate_limited()
+        limited = state.take_rate_limit_token()
         if limited is not None:
             return _Answer.error(limited), "rate_limit", request_id
-        fault = fake._pick_fault(target, request_id)
+        fault = state.pick_fault(target, request_id)
         fault_name = None if fault is None else type(fault).__name__
         if isinstance(fault, Slow):
             await asyncio.sleep(fault.seconds)
@@ -163,17 +158,13 @@ class _ApiHandlers:
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             return False
-        return self.fake.api_key is None or key.strip() == self.fake.api_key
+        return self.state.api_key is None or key.strip() == self.state.api_key
 
     def _submit(self, body: Any) -> tuple[_Answer, str | None]:
         problem = _submit_problem(body)
         if problem is not None:
             return _invalid(problem), None
-        spec = self.fake.submit_defaults.copy()
-        if isinstance(body.get("seed"), int):
-            spec["seed"] = body["seed"]
-        request_id = self.fake.add_job(**spec)
-        self.fake._attach_submission(request_id, dict(body))
+        request_id = self.state.submit_job(dict(body))
         return _Answer.json(200, {"requestId": request_id}), request_id
 
     def _status(self, body: Any, request_id: str | None) -> _Answer:
@@ -181,7 +172,7 @@ class _ApiHandlers:
             return _invalid("Invalid JSON body")
         if request_id is None:
             return _invalid("requestId is required and must be a string")
-        payload = self.fake._status_body(request_id)
+        payload = self.state.status_body(request_id)
         if payload is None:
             message = f"The requestId {request_id} does not exist"
             return _Answer.json(400, {"code": 20012, "message": message, "data": None})
@@ -207,9 +198,9 @@ def _submit_problem(body: Any) -> str | None:
     return None
 
 
-def make_api_app(fake: FakeSiliconFlow) -> web.Application:
+def make_api_app(state: FakeState) -> web.Application:
     """The aiohttp application of the API host."""
-    handlers = _ApiHandlers(fake)
+    handlers = _ApiHandlers(state)
     # Image-to-video submits carry base64 images: allow far more than aiohttp's 1 MiB.
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/video/submit", handlers.submit)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from aiohttp import web
 
@@ -27,10 +27,8 @@ from ._faults import (
     TruncatedBody,
 )
 from ._jobs import LoggedRequest
+from ._state import FakeState
 from ._urls import parse_video_path
-
-if TYPE_CHECKING:
-    from ._server import FakeSiliconFlow
 
 __all__ = ["make_video_app", "parse_range"]
 
@@ -82,8 +80,8 @@ def _expired() -> web.Response:
 
 
 class _VideoHandler:
-    def __init__(self, fake: FakeSiliconFlow) -> None:
-        self.fake = fake
+    def __init__(self, state: FakeState) -> None:
+        self.state = state
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()
@@ -103,7 +101,7 @@ class _VideoHandler:
             else:
                 # Only GETs consume faults: a HEAD has no body to break.
                 if request.method == "GET":
-                    fault = self.fake._pick_fault("video", request_id)
+                    fault = self.state.pick_fault("video", request_id)
                 answer = await self._answer(request, parsed, fault)
                 if answer is None:
                     # The connection is gone: aiohttp fails to send this, quietly.
@@ -112,8 +110,8 @@ class _VideoHandler:
             status = response.status
             return response
         finally:
-            if self.fake.log_requests:
-                self.fake._record(
+            if self.state.log_requests:
+                self.state.record(
                     LoggedRequest(
                         target="video",
                         method=request.method,
@@ -146,10 +144,10 @@ class _VideoHandler:
             )
         elif isinstance(fault, ExpiredURL):
             return _expired()
-        content = None if parsed is None else self.fake._video(*parsed)
+        content = None if parsed is None else self.state.find_video(*parsed)
         if parsed is None or content is None:
             return _oss_error(404, "NoSuchKey", "The specified key does not exist.")
-        verdict = self.fake._check_url(
+        verdict = self.state.check_url(
             *parsed, request.query.get("Expires"), request.query.get("Signature")
         )
         if verdict == "expired":
@@ -237,8 +235,8 @@ async def _serve(
     return response
 
 
-def make_video_app(fake: FakeSiliconFlow) -> web.Application:
+def make_video_app(state: FakeState) -> web.Application:
     """The aiohttp application of the storage host."""
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", _VideoHandler(fake).handle)
+    app.router.add_route("*", "/{tail:.*}", _VideoHandler(state).handle)
     return app
