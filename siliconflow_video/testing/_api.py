@@ -17,7 +17,9 @@ from . import _transport
 from ._faults import (
     ConnectionReset,
     ErrorResponse,
+    HTMLPage,
     MalformedBody,
+    NoVideoURL,
     Slow,
     Target,
     TruncatedJSON,
@@ -39,7 +41,7 @@ _INVALID = object()  # the parsed body of a request whose body is not JSON
 class _Answer:
     """What an API request is answered with, before it becomes an aiohttp response."""
 
-    __slots__ = ("body", "content_type", "headers", "status")
+    __slots__ = ("body", "content_type", "headers", "status", "traced")
 
     def __init__(
         self,
@@ -47,11 +49,14 @@ class _Answer:
         body: bytes,
         content_type: str = "application/json",
         headers: dict[str, str] | None = None,
+        *,
+        traced: bool = True,
     ) -> None:
         self.status = status
         self.body = body
         self.content_type = content_type
         self.headers = headers
+        self.traced = traced
 
     @classmethod
     def json(cls, status: int, payload: object) -> _Answer:
@@ -62,7 +67,8 @@ class _Answer:
         return cls(fault.status, fault.encoded_body(), fault.content_type, dict(fault.headers))
 
     def response(self) -> web.Response:
-        headers = {TRACE_HEADER: f"ti_{secrets.token_hex(16)}"}
+        # SiliconFlow's gateway tags every answer; a server that is not SiliconFlow does not.
+        headers = {TRACE_HEADER: f"ti_{secrets.token_hex(16)}"} if self.traced else {}
         if self.headers:
             headers.update(self.headers)
         return web.Response(
@@ -142,9 +148,14 @@ class _ApiHandlers:
             return _Answer.error(fault), fault_name, request_id
         elif isinstance(fault, MalformedBody):
             return _Answer(200, fault.body), fault_name, request_id
+        elif isinstance(fault, HTMLPage):
+            page = _Answer(fault.status, fault.encoded_body(), "text/html", traced=False)
+            return page, fault_name, request_id
         elif isinstance(fault, UnknownStatus):
-            payload = {"status": fault.value, "reason": "", "results": None}
+            payload = {"status": fault.value, "reason": fault.reason, "results": None}
             return _Answer.json(200, payload), fault_name, request_id
+        elif isinstance(fault, NoVideoURL):
+            return _Answer.json(200, self._no_video(fault, request_id)), fault_name, request_id
         if target == "submit":
             answer, request_id = self._submit(body)
         else:
@@ -152,6 +163,24 @@ class _ApiHandlers:
         if isinstance(fault, TruncatedJSON) and answer.status == 200:
             answer.body = answer.body[: len(answer.body) // 2]
         return answer, fault_name, request_id
+
+    def _no_video(self, fault: NoVideoURL, request_id: str | None) -> dict[str, Any]:
+        """The ``Succeed`` body of a :class:`NoVideoURL` fault."""
+        body: dict[str, Any] = {"status": "Succeed", "reason": ""}
+        if fault.shape == "absent":
+            return body
+        if fault.shape == "null":
+            return body | {"results": None}
+        job = None if request_id is None else self.state.jobs.get(request_id)
+        results: dict[str, Any] = {
+            "timings": {"inference": 1.5 if job is None else job.inference},
+            "seed": 42 if job is None else job.seed,
+        }
+        if fault.shape == "empty":
+            results["videos"] = []
+        elif fault.shape == "no_url":
+            results["videos"] = [{}]
+        return body | {"results": results}
 
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")

@@ -252,6 +252,9 @@ class FakeSiliconFlow:
         The job is ``InQueue`` for ``queue_seconds``, then ``InProgress`` for ``run_seconds``,
         then ``outcome``; times count from now. Each entry of ``videos`` is the literal
         content (``bytes``) or the size of generated deterministic content (``int``).
+        ``seed`` and ``inference`` are the ``results.seed`` and ``results.timings.inference``
+        of the ``Succeed`` answer. Ids are case-sensitive: ``"Job-1"`` and ``"job-1"`` are
+        two jobs.
         """
         return self._state.add_job(
             request_id,

@@ -17,9 +17,11 @@ from ._content import CHUNK_SIZE, VideoContent
 from ._faults import (
     ConnectionReset,
     DropMidBody,
+    EncodedBody,
     ErrorResponse,
     ExpiredURL,
     Fault,
+    HTMLPage,
     IgnoreRange,
     Slow,
     SlowBody,
@@ -142,6 +144,10 @@ class _VideoHandler:
                 content_type=fault.content_type,
                 headers=dict(fault.headers),
             )
+        elif isinstance(fault, HTMLPage):
+            return web.Response(
+                status=fault.status, body=fault.encoded_body(), content_type="text/html"
+            )
         elif isinstance(fault, ExpiredURL):
             return _expired()
         content = None if parsed is None else self.state.find_video(*parsed)
@@ -164,14 +170,19 @@ class _VideoHandler:
 async def _serve(
     request: web.Request, content: VideoContent, fault: Fault | None
 ) -> web.StreamResponse:
-    total = content.size
-    start, end, status = 0, total, 200
     headers = {
         "Content-Type": "video/mp4",
         "ETag": content.etag,
         "Last-Modified": content.last_modified,
         "Accept-Ranges": "bytes",
     }
+    if isinstance(fault, EncodedBody):
+        # The stored object is the encoded bytes: ranges and lengths count those.
+        encoded = fault.encode(content.to_bytes())
+        content = VideoContent(len(encoded), content.etag, content.last_modified, data=encoded)
+        headers["Content-Encoding"] = fault.encoding
+    total = content.size
+    start, end, status = 0, total, 200
     range_header = request.headers.get("Range")
     if_range = request.headers.get("If-Range")
     if (
