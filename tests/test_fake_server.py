@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import time
 import urllib.error
@@ -17,11 +18,15 @@ from siliconflow_video.testing import (
     PERIOD,
     ConnectionReset,
     DropMidBody,
+    EncodedBody,
     ErrorResponse,
     ExpiredURL,
     FakeSiliconFlow,
+    HTMLPage,
     IgnoreRange,
     MalformedBody,
+    NoVideoShape,
+    NoVideoURL,
     Slow,
     SlowBody,
     TruncatedBody,
@@ -32,10 +37,12 @@ from siliconflow_video.testing import (
     forbidden,
     gateway_timeout,
     not_found,
+    not_found_html,
     overloaded,
     payment_required,
     rate_limited,
     server_error,
+    slow_down,
     unauthorized,
 )
 
@@ -64,6 +71,13 @@ async def api() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 async def cdn() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def raw_cdn() -> AsyncIterator[aiohttp.ClientSession]:
+    """A video-host client that does not decode Content-Encoding."""
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
         yield session
 
 
@@ -889,3 +903,213 @@ async def test_generated_content_repeats_with_a_prime_period(fake: FakeSiliconFl
     assert data[4096:8192] != data[:4096]
     other = fake.add_job(videos=[4096])
     assert fake.video_bytes(other) != data[:4096]
+
+
+# ---------------------------------------------------------------- hardening faults
+
+
+async def test_encoded_body_sends_gzip_despite_accept_encoding_identity(
+    fake: FakeSiliconFlow,
+    api: aiohttp.ClientSession,
+    cdn: aiohttp.ClientSession,
+    raw_cdn: aiohttp.ClientSession,
+) -> None:
+    """EncodedBody("gzip") sends the gzipped video, its length, to a client asking identity."""
+    rid = fake.add_job(videos=[b"compressible frame " * 5000])
+    url = await first_url(api, fake, rid)
+    fake.add_fault("video", EncodedBody("gzip"), times=2)
+    identity = {"Accept-Encoding": "identity"}
+    async with raw_cdn.get(url, headers=identity) as r:
+        assert r.status == 200
+        assert r.headers["Content-Encoding"] == "gzip"
+        raw = await r.read()
+    assert int(r.headers["Content-Length"]) == len(raw) < len(fake.video_bytes(rid))
+    assert gzip.decompress(raw) == fake.video_bytes(rid)
+    async with cdn.get(url, headers=identity) as r:
+        assert await r.read() == fake.video_bytes(rid)
+    assert [e.fault for e in fake.requests_for("video")] == ["EncodedBody"] * 2
+
+
+async def test_encoded_body_with_another_encoding_cannot_be_decoded(
+    fake: FakeSiliconFlow,
+    api: aiohttp.ClientSession,
+    cdn: aiohttp.ClientSession,
+    raw_cdn: aiohttp.ClientSession,
+) -> None:
+    """EncodedBody("br") sends the header with bytes a decoding client fails on."""
+    rid = fake.add_job(videos=[10_000])
+    url = await first_url(api, fake, rid)
+    fake.add_fault("video", EncodedBody("br"), times=2)
+    async with raw_cdn.get(url) as r:
+        assert r.headers["Content-Encoding"] == "br"
+        assert await r.read() != fake.video_bytes(rid)
+    # Without Brotli installed aiohttp refuses the headers (ClientResponseError 400);
+    # with it, decoding the garbage fails (ClientPayloadError).
+    with pytest.raises((aiohttp.ClientResponseError, aiohttp.ClientPayloadError)):
+        async with cdn.get(url) as r:
+            await r.read()
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "content_type"),
+    [
+        (rate_limited(retry_after=2), 429, "application/json"),
+        (overloaded(retry_after=2), 503, "application/json"),
+        (slow_down(retry_after=2), 503, "application/xml"),
+        (slow_down(retry_after=2, status=429), 429, "application/xml"),
+    ],
+)
+async def test_video_host_throttles_with_retry_after(
+    fake: FakeSiliconFlow,
+    api: aiohttp.ClientSession,
+    cdn: aiohttp.ClientSession,
+    fault: ErrorResponse,
+    status: int,
+    content_type: str,
+) -> None:
+    """rate_limited, overloaded and slow_down answer the video GET with Retry-After seconds."""
+    rid = fake.add_job()
+    url = await first_url(api, fake, rid)
+    fake.add_fault("video", fault)
+    async with cdn.get(url) as r:
+        assert r.status == status
+        assert r.headers["Retry-After"] == "2"
+        assert r.content_type == content_type
+    async with cdn.get(url) as r:
+        assert r.status == 200
+
+
+async def test_overloaded_and_slow_down_send_retry_after_only_when_given() -> None:
+    """overloaded() has no Retry-After by default; slow_down(None) has none either."""
+    assert "Retry-After" not in overloaded().headers
+    assert "Retry-After" not in slow_down(None).headers
+    assert slow_down().headers["Retry-After"] == "1"
+    assert b"<Code>SlowDown</Code>" in slow_down().encoded_body()
+
+
+@pytest.mark.parametrize(
+    ("shape", "results"),
+    [
+        ("absent", "missing"),
+        ("null", None),
+        ("no_videos", {"timings": {"inference": 2.5}, "seed": 7}),
+        ("empty", {"videos": [], "timings": {"inference": 2.5}, "seed": 7}),
+        ("no_url", {"videos": [{}], "timings": {"inference": 2.5}, "seed": 7}),
+    ],
+)
+async def test_no_video_url_answers_succeed_without_a_url(
+    fake: FakeSiliconFlow, api: aiohttp.ClientSession, shape: NoVideoShape, results: object
+) -> None:
+    """NoVideoURL answers Succeed in the given shape for `times` calls, then the real answer."""
+    rid = fake.add_job(queue_seconds=60, seed=7, inference=2.5)
+    fake.add_fault("status", NoVideoURL(shape), times=2)
+    for _ in range(2):
+        status, body = await status_call(api, fake, rid)
+        assert status == 200
+        assert body["status"] == "Succeed"
+        assert body.get("results", "missing") == results
+    assert (await status_call(api, fake, rid))[1]["status"] == "InQueue"
+
+
+async def test_no_video_url_forever(fake: FakeSiliconFlow, api: aiohttp.ClientSession) -> None:
+    """NoVideoURL with times=None answers every status call, even for a finished job."""
+    rid = fake.add_job()
+    fake.add_fault("status", NoVideoURL(), times=None)
+    for _ in range(5):
+        body = (await status_call(api, fake, rid))[1]
+        assert body["status"] == "Succeed"
+        assert body["results"]["videos"] == []
+    assert fake.requests_for("video") == []
+
+
+async def test_unknown_status_can_be_cancelled_or_expired_with_a_reason(
+    fake: FakeSiliconFlow, api: aiohttp.ClientSession
+) -> None:
+    """UnknownStatus sends any undocumented status with its reason, as often as scripted."""
+    rid = fake.add_job()
+    fake.add_fault("status", UnknownStatus("Cancelled", reason="cancelled by user"), times=2)
+    fake.add_fault("status", UnknownStatus("Expired"))
+    answers = [(await status_call(api, fake, rid))[1] for _ in range(4)]
+    assert [(a["status"], a["reason"]) for a in answers] == [
+        ("Cancelled", "cancelled by user"),
+        ("Cancelled", "cancelled by user"),
+        ("Expired", ""),
+        ("Succeed", ""),
+    ]
+
+
+async def test_html_page_answers_the_api_like_a_site_that_is_not_siliconflow(
+    fake: FakeSiliconFlow, api: aiohttp.ClientSession
+) -> None:
+    """HTMLPage() answers 200 text/html without a trace id, on submit and status alike."""
+    rid = fake.add_job()
+    fake.add_fault("status", HTMLPage(), times=None)
+    fake.add_fault("submit", HTMLPage(title="Parked domain"))
+    for _ in range(2):
+        async with api.post(f"{fake.base_url}/video/status", json={"requestId": rid}) as r:
+            assert r.status == 200
+            assert r.content_type == "text/html"
+            assert "x-siliconcloud-trace-id" not in r.headers
+            assert (await r.text()).startswith("<!DOCTYPE html>")
+    async with api.post(f"{fake.base_url}/video/submit", json=SUBMIT) as r:
+        assert "<title>Parked domain</title>" in await r.text()
+    assert fake.jobs.keys() == {rid}
+
+
+async def test_html_page_answers_the_video_host_instead_of_the_video(
+    fake: FakeSiliconFlow, api: aiohttp.ClientSession, cdn: aiohttp.ClientSession
+) -> None:
+    """HTMLPage on the video host serves a 200 text/html page in place of the video."""
+    rid = fake.add_job()
+    url = await first_url(api, fake, rid)
+    fake.add_fault("video", HTMLPage(title="Wi-Fi login"))
+    async with cdn.get(url) as r:
+        assert r.status == 200
+        assert r.content_type == "text/html"
+        assert "Wi-Fi login" in await r.text()
+
+
+async def test_not_found_html_is_a_long_page_on_the_video_host(
+    fake: FakeSiliconFlow, api: aiohttp.ClientSession, cdn: aiohttp.ClientSession
+) -> None:
+    """not_found_html() answers 404 with an HTML page of at least its size (64 KiB)."""
+    rid = fake.add_job()
+    url = await first_url(api, fake, rid)
+    fake.add_fault("video", not_found_html())
+    fake.add_fault("video", not_found_html(size=300_000))
+    sizes = []
+    for _ in range(2):
+        async with cdn.get(url) as r:
+            assert r.status == 404
+            assert r.content_type == "text/html"
+            page = await r.text()
+        assert page.startswith("<!DOCTYPE html>")
+        assert page.rstrip().endswith("</html>")
+        sizes.append(len(page))
+    assert 64 * 1024 <= sizes[0] < 300_000 <= sizes[1]
+
+
+async def test_new_faults_only_go_where_they_make_sense(fake: FakeSiliconFlow) -> None:
+    """EncodedBody is video-only, NoVideoURL status-only, and NoVideoURL checks its shape."""
+    with pytest.raises(ValueError, match="cannot be used"):
+        fake.add_fault("status", EncodedBody())
+    with pytest.raises(ValueError, match="cannot be used"):
+        fake.add_fault("video", NoVideoURL())
+    with pytest.raises(ValueError, match="shape"):
+        NoVideoURL("gone")  # type: ignore[arg-type]
+
+
+async def test_request_ids_differing_in_case_are_distinct_jobs(
+    fake: FakeSiliconFlow, api: aiohttp.ClientSession, cdn: aiohttp.ClientSession
+) -> None:
+    """Job-1 and job-1 are two jobs, with their own status, timings and video."""
+    upper = fake.add_job("Job-1", videos=[b"upper"], inference=3.25)
+    lower = fake.add_job("job-1", videos=[b"lower"], inference=0.5)
+    fake.add_job("JOB-1", outcome="Failed", reason="nope")
+    assert (await status_call(api, fake, "JOB-1"))[1]["status"] == "Failed"
+    for rid, data, inference in ((upper, b"upper", 3.25), (lower, b"lower", 0.5)):
+        body = (await status_call(api, fake, rid))[1]
+        assert body["results"]["timings"]["inference"] == inference
+        async with cdn.get(body["results"]["videos"][0]["url"]) as r:
+            assert await r.read() == data
+    assert [e.request_id for e in fake.requests_for("video")] == ["Job-1", "job-1"]

@@ -9,7 +9,7 @@ import asyncio
 import json
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
@@ -17,7 +17,9 @@ from . import _transport
 from ._faults import (
     ConnectionReset,
     ErrorResponse,
+    HTMLPage,
     MalformedBody,
+    NoVideoURL,
     Slow,
     Target,
     TruncatedJSON,
@@ -26,9 +28,7 @@ from ._faults import (
     unauthorized,
 )
 from ._jobs import LoggedRequest
-
-if TYPE_CHECKING:
-    from ._server import FakeSiliconFlow
+from ._state import FakeState
 
 __all__ = ["make_api_app"]
 
@@ -41,7 +41,7 @@ _INVALID = object()  # the parsed body of a request whose body is not JSON
 class _Answer:
     """What an API request is answered with, before it becomes an aiohttp response."""
 
-    __slots__ = ("body", "content_type", "headers", "status")
+    __slots__ = ("body", "content_type", "headers", "status", "traced")
 
     def __init__(
         self,
@@ -49,11 +49,14 @@ class _Answer:
         body: bytes,
         content_type: str = "application/json",
         headers: dict[str, str] | None = None,
+        *,
+        traced: bool = True,
     ) -> None:
         self.status = status
         self.body = body
         self.content_type = content_type
         self.headers = headers
+        self.traced = traced
 
     @classmethod
     def json(cls, status: int, payload: object) -> _Answer:
@@ -64,7 +67,8 @@ class _Answer:
         return cls(fault.status, fault.encoded_body(), fault.content_type, dict(fault.headers))
 
     def response(self) -> web.Response:
-        headers = {TRACE_HEADER: f"ti_{secrets.token_hex(16)}"}
+        # SiliconFlow's gateway tags every answer; a server that is not SiliconFlow does not.
+        headers = {TRACE_HEADER: f"ti_{secrets.token_hex(16)}"} if self.traced else {}
         if self.headers:
             headers.update(self.headers)
         return web.Response(
@@ -77,8 +81,8 @@ def _invalid(message: str) -> _Answer:
 
 
 class _ApiHandlers:
-    def __init__(self, fake: FakeSiliconFlow) -> None:
-        self.fake = fake
+    def __init__(self, state: FakeState) -> None:
+        self.state = state
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, "submit")
@@ -90,9 +94,8 @@ class _ApiHandlers:
         return _Answer.error(not_found()).response()
 
     async def _handle(self, request: web.Request, target: Target) -> web.StreamResponse:
-        fake = self.fake
-        fake._enter_api()
-        try:
+        state = self.state
+        with state.api_call():
             arrived = time.monotonic()
             raw = await request.read()
             try:
@@ -102,11 +105,11 @@ class _ApiHandlers:
             request_id = body.get("requestId") if isinstance(body, dict) else None
             if not isinstance(request_id, str):
                 request_id = None
-            if fake.latency > 0:
-                await asyncio.sleep(fake.latency)
+            if state.latency > 0:
+                await asyncio.sleep(state.latency)
             answer, fault_name, request_id = await self._answer(request, target, body, request_id)
-            if fake.log_requests:
-                fake._record(
+            if state.log_requests:
+                state.record(
                     LoggedRequest(
                         target=target,
                         method=request.method,
@@ -124,20 +127,18 @@ class _ApiHandlers:
                 _transport.reset(request)
                 return web.Response()  # never sent: the transport is gone
             return answer.response()
-        finally:
-            fake._leave_api()
 
     async def _answer(
         self, request: web.Request, target: Target, body: Any, request_id: str | None
     ) -> tuple[_Answer | None, str | None, str | None]:
         """(answer or None for a reset, fault name, request id) of one API request."""
-        fake = self.fake
+        state = self.state
         if not self._authorized(request):
             return _Answer.error(unauthorized()), None, request_id
-        limited = fake._rate_limited()
+        limited = state.take_rate_limit_token()
         if limited is not None:
             return _Answer.error(limited), "rate_limit", request_id
-        fault = fake._pick_fault(target, request_id)
+        fault = state.pick_fault(target, request_id)
         fault_name = None if fault is None else type(fault).__name__
         if isinstance(fault, Slow):
             await asyncio.sleep(fault.seconds)
@@ -147,9 +148,14 @@ class _ApiHandlers:
             return _Answer.error(fault), fault_name, request_id
         elif isinstance(fault, MalformedBody):
             return _Answer(200, fault.body), fault_name, request_id
+        elif isinstance(fault, HTMLPage):
+            page = _Answer(fault.status, fault.encoded_body(), "text/html", traced=False)
+            return page, fault_name, request_id
         elif isinstance(fault, UnknownStatus):
-            payload = {"status": fault.value, "reason": "", "results": None}
+            payload = {"status": fault.value, "reason": fault.reason, "results": None}
             return _Answer.json(200, payload), fault_name, request_id
+        elif isinstance(fault, NoVideoURL):
+            return _Answer.json(200, self._no_video(fault, request_id)), fault_name, request_id
         if target == "submit":
             answer, request_id = self._submit(body)
         else:
@@ -158,22 +164,36 @@ class _ApiHandlers:
             answer.body = answer.body[: len(answer.body) // 2]
         return answer, fault_name, request_id
 
+    def _no_video(self, fault: NoVideoURL, request_id: str | None) -> dict[str, Any]:
+        """The ``Succeed`` body of a :class:`NoVideoURL` fault."""
+        body: dict[str, Any] = {"status": "Succeed", "reason": ""}
+        if fault.shape == "absent":
+            return body
+        if fault.shape == "null":
+            return body | {"results": None}
+        job = None if request_id is None else self.state.jobs.get(request_id)
+        results: dict[str, Any] = {
+            "timings": {"inference": 1.5 if job is None else job.inference},
+            "seed": 42 if job is None else job.seed,
+        }
+        if fault.shape == "empty":
+            results["videos"] = []
+        elif fault.shape == "no_url":
+            results["videos"] = [{}]
+        return body | {"results": results}
+
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             return False
-        return self.fake.api_key is None or key.strip() == self.fake.api_key
+        return self.state.api_key is None or key.strip() == self.state.api_key
 
     def _submit(self, body: Any) -> tuple[_Answer, str | None]:
         problem = _submit_problem(body)
         if problem is not None:
             return _invalid(problem), None
-        spec = self.fake.submit_defaults.copy()
-        if isinstance(body.get("seed"), int):
-            spec["seed"] = body["seed"]
-        request_id = self.fake.add_job(**spec)
-        self.fake._attach_submission(request_id, dict(body))
+        request_id = self.state.submit_job(dict(body))
         return _Answer.json(200, {"requestId": request_id}), request_id
 
     def _status(self, body: Any, request_id: str | None) -> _Answer:
@@ -181,7 +201,7 @@ class _ApiHandlers:
             return _invalid("Invalid JSON body")
         if request_id is None:
             return _invalid("requestId is required and must be a string")
-        payload = self.fake._status_body(request_id)
+        payload = self.state.status_body(request_id)
         if payload is None:
             message = f"The requestId {request_id} does not exist"
             return _Answer.json(400, {"code": 20012, "message": message, "data": None})
@@ -207,9 +227,9 @@ def _submit_problem(body: Any) -> str | None:
     return None
 
 
-def make_api_app(fake: FakeSiliconFlow) -> web.Application:
+def make_api_app(state: FakeState) -> web.Application:
     """The aiohttp application of the API host."""
-    handlers = _ApiHandlers(fake)
+    handlers = _ApiHandlers(state)
     # Image-to-video submits carry base64 images: allow far more than aiohttp's 1 MiB.
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/video/submit", handlers.submit)

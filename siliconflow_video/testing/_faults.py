@@ -7,21 +7,29 @@
      +-- ConnectionReset      submit, status, video   TCP RST, no response at all
      +-- Slow                 submit, status, video   wait, then answer normally
      +-- TruncatedJSON        submit, status          200, JSON body cut in half
+     +-- HTMLPage             submit, status, video   an HTML page (200: not SiliconFlow)
      +-- UnknownStatus        status                  200, status not one of the four
+     +-- NoVideoURL           status                  200 "Succeed" without a video URL
      +-- MalformedBody        submit, status          200, exactly the given bytes
      +-- DropMidBody          video                   part of the body, then RST
      +-- TruncatedBody        video                   part of the body, then clean close
      +-- ExpiredURL           video                   403 AccessDenied "Request has expired."
      +-- SlowBody             video                   body throttled to a byte rate
      +-- IgnoreRange          video                   200 with the whole body despite Range
+     +-- EncodedBody          video                   Content-Encoding the client never asked for
 
 The factory functions (:func:`rate_limited`, :func:`overloaded`, ...) build the
-:class:`ErrorResponse` of each documented SiliconFlow error with its real body.
+:class:`ErrorResponse` of each documented SiliconFlow error with its real body;
+:func:`slow_down` and :func:`not_found_html` build storage-host errors.
 """
 
 from __future__ import annotations
 
+import gzip
+import html
 import json
+import math
+import zlib
 from collections.abc import Mapping
 from http import HTTPStatus
 from types import MappingProxyType
@@ -32,12 +40,16 @@ import attrs
 __all__ = [
     "ConnectionReset",
     "DropMidBody",
+    "EncodedBody",
     "ErrorResponse",
     "ExpiredURL",
     "Fault",
     "FaultRule",
+    "HTMLPage",
     "IgnoreRange",
     "MalformedBody",
+    "NoVideoShape",
+    "NoVideoURL",
     "Slow",
     "SlowBody",
     "Target",
@@ -49,10 +61,12 @@ __all__ = [
     "forbidden",
     "gateway_timeout",
     "not_found",
+    "not_found_html",
     "overloaded",
     "payment_required",
     "rate_limited",
     "server_error",
+    "slow_down",
     "unauthorized",
 ]
 
@@ -136,10 +150,70 @@ class TruncatedJSON(Fault):
 
 @attrs.frozen
 class UnknownStatus(Fault):
-    """Answer 200 with a well-formed status body whose ``status`` is ``value``."""
+    """Answer 200 with a well-formed status body whose ``status`` is ``value`` (a status the
+    API does not document, such as ``"Cancelled"`` or ``"Expired"``) and ``reason``."""
 
     targets: ClassVar[frozenset[Target]] = frozenset({"status"})
     value: str = "Paused"
+    reason: str = ""
+
+
+NoVideoShape = Literal["absent", "null", "no_videos", "empty", "no_url"]
+"""How a :class:`NoVideoURL` answer lacks its URL."""
+
+
+@attrs.frozen
+class NoVideoURL(Fault):
+    """Answer 200 ``{"status": "Succeed", ...}`` that carries no video URL, whatever the job.
+
+    ``shape`` says how: ``"absent"`` (no ``results``), ``"null"`` (``results`` is null),
+    ``"no_videos"`` (``results`` without ``videos``), ``"empty"`` (``videos`` is ``[]``) or
+    ``"no_url"`` (``videos`` is ``[{}]``). ``timings`` and ``seed`` are the job's when
+    ``results`` is an object.
+    """
+
+    targets: ClassVar[frozenset[Target]] = frozenset({"status"})
+    shape: NoVideoShape = attrs.field(
+        default="empty",
+        validator=attrs.validators.in_(("absent", "null", "no_videos", "empty", "no_url")),
+    )
+
+
+_FILLER = (
+    "<p>Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor "
+    "incididunt ut labore et dolore magna aliqua.</p>\n"
+)
+
+
+def _html_page(title: str, size: int = 0) -> str:
+    """A small HTML document titled ``title``, padded with paragraphs to at least ``size``
+    bytes."""
+    head = (
+        f"<!DOCTYPE html>\n<html><head><title>{html.escape(title)}</title></head>\n"
+        f"<body><h1>{html.escape(title)}</h1>\n"
+    )
+    tail = "</body></html>\n"
+    paragraphs = max(0, math.ceil((size - len(head) - len(tail)) / len(_FILLER)))
+    return head + _FILLER * paragraphs + tail
+
+
+@attrs.frozen
+class HTMLPage(Fault):
+    """Answer ``status`` (200 by default) with an HTML page (``text/html``) of at least
+    ``size`` bytes, titled ``title``.
+
+    On the API it is what a base URL that is not SiliconFlow (a web site, a captive
+    portal) answers: no trace id header, no JSON. On the video host it stands for a portal
+    or a CDN page served instead of the video.
+    """
+
+    status: int = 200
+    title: str = "Welcome"
+    size: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+
+    def encoded_body(self) -> bytes:
+        """The page as it goes on the wire."""
+        return _html_page(self.title, self.size).encode()
 
 
 @attrs.frozen
@@ -202,6 +276,34 @@ class IgnoreRange(Fault):
     """Answer 200 with the whole body even when a ``Range`` was asked for."""
 
     targets: ClassVar[frozenset[Target]] = _VIDEO
+
+
+@attrs.frozen
+class EncodedBody(Fault):
+    """Send the video with ``Content-Encoding: encoding``, whatever ``Accept-Encoding`` the
+    client sent (``identity`` included), as OSS does for an object stored with that metadata.
+
+    ``"gzip"`` and ``"deflate"`` send the real video compressed; ``"identity"`` sends it as
+    it is; any other name (``"br"``, ``"zstd"``, ...) sends bytes that are not that encoding,
+    so a client can test its "cannot decode" error. ``Content-Length``, ``Range`` and
+    ``Content-Range`` count the encoded bytes, as for any stored object; ``ETag`` and
+    ``Last-Modified`` stay the video's. The video is materialised: keep it small.
+    """
+
+    targets: ClassVar[frozenset[Target]] = _VIDEO
+    encoding: str = "gzip"
+
+    def encode(self, data: bytes) -> bytes:
+        """The bytes sent for a video whose content is ``data``."""
+        name = self.encoding.strip().lower()
+        if name == "gzip":
+            return gzip.compress(data, mtime=0)
+        if name == "deflate":
+            return zlib.compress(data)
+        if name == "identity":
+            return data
+        garbage = f"this is not {self.encoding} data\n".encode()
+        return (garbage * (len(data) // len(garbage) + 1))[: max(len(data), len(garbage))]
 
 
 @attrs.define(eq=False)
@@ -272,9 +374,27 @@ def rate_limited(retry_after: str | float | None = None) -> ErrorResponse:
     return ErrorResponse(429, body, headers)
 
 
-def overloaded() -> ErrorResponse:
-    """503 ``{"code": 50505, "message": "Model service overloaded. ..."}``."""
-    return _api_error(503, 50505, "Model service overloaded. Please try again later.")
+def overloaded(retry_after: str | float | None = None) -> ErrorResponse:
+    """503 ``{"code": 50505, "message": "Model service overloaded. ..."}``; a ``Retry-After``
+    header only when ``retry_after`` is given (as for :func:`rate_limited`)."""
+    fault = _api_error(503, 50505, "Model service overloaded. Please try again later.")
+    if retry_after is None:
+        return fault
+    return attrs.evolve(fault, headers={"Retry-After": _retry_after_value(retry_after)})
+
+
+def slow_down(retry_after: str | float | None = 1, status: int = 503) -> ErrorResponse:
+    """``status`` (503, or e.g. 429) with a storage host's XML ``SlowDown`` error and a
+    ``Retry-After`` header (seconds, as for :func:`rate_limited`; ``None``: no header).
+
+    Meant for the video host: the throttling answer of an OSS/S3-like bucket.
+    """
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+    )
+    headers = {} if retry_after is None else {"Retry-After": _retry_after_value(retry_after)}
+    return ErrorResponse(status, body, headers, content_type="application/xml")
 
 
 def gateway_timeout() -> ErrorResponse:
@@ -301,3 +421,9 @@ _NGINX_502 = (
 def bad_gateway_html() -> ErrorResponse:
     """502 with nginx's HTML error page (``text/html``), as a gateway in between sends it."""
     return ErrorResponse(502, _NGINX_502, content_type="text/html")
+
+
+def not_found_html(size: int = 64 * 1024) -> ErrorResponse:
+    """404 with an HTML page (``text/html``) of at least ``size`` bytes, as a CDN or web
+    server in front of the storage sends it: for testing that error messages stay short."""
+    return ErrorResponse(404, _html_page("404 Not Found", size), content_type="text/html")

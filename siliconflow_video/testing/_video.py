@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from aiohttp import web
 
@@ -17,9 +17,11 @@ from ._content import CHUNK_SIZE, VideoContent
 from ._faults import (
     ConnectionReset,
     DropMidBody,
+    EncodedBody,
     ErrorResponse,
     ExpiredURL,
     Fault,
+    HTMLPage,
     IgnoreRange,
     Slow,
     SlowBody,
@@ -27,10 +29,8 @@ from ._faults import (
     TruncatedBody,
 )
 from ._jobs import LoggedRequest
+from ._state import FakeState
 from ._urls import parse_video_path
-
-if TYPE_CHECKING:
-    from ._server import FakeSiliconFlow
 
 __all__ = ["make_video_app", "parse_range"]
 
@@ -82,8 +82,8 @@ def _expired() -> web.Response:
 
 
 class _VideoHandler:
-    def __init__(self, fake: FakeSiliconFlow) -> None:
-        self.fake = fake
+    def __init__(self, state: FakeState) -> None:
+        self.state = state
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()
@@ -103,7 +103,7 @@ class _VideoHandler:
             else:
                 # Only GETs consume faults: a HEAD has no body to break.
                 if request.method == "GET":
-                    fault = self.fake._pick_fault("video", request_id)
+                    fault = self.state.pick_fault("video", request_id)
                 answer = await self._answer(request, parsed, fault)
                 if answer is None:
                     # The connection is gone: aiohttp fails to send this, quietly.
@@ -112,8 +112,8 @@ class _VideoHandler:
             status = response.status
             return response
         finally:
-            if self.fake.log_requests:
-                self.fake._record(
+            if self.state.log_requests:
+                self.state.record(
                     LoggedRequest(
                         target="video",
                         method=request.method,
@@ -144,12 +144,16 @@ class _VideoHandler:
                 content_type=fault.content_type,
                 headers=dict(fault.headers),
             )
+        elif isinstance(fault, HTMLPage):
+            return web.Response(
+                status=fault.status, body=fault.encoded_body(), content_type="text/html"
+            )
         elif isinstance(fault, ExpiredURL):
             return _expired()
-        content = None if parsed is None else self.fake._video(*parsed)
+        content = None if parsed is None else self.state.find_video(*parsed)
         if parsed is None or content is None:
             return _oss_error(404, "NoSuchKey", "The specified key does not exist.")
-        verdict = self.fake._check_url(
+        verdict = self.state.check_url(
             *parsed, request.query.get("Expires"), request.query.get("Signature")
         )
         if verdict == "expired":
@@ -166,14 +170,19 @@ class _VideoHandler:
 async def _serve(
     request: web.Request, content: VideoContent, fault: Fault | None
 ) -> web.StreamResponse:
-    total = content.size
-    start, end, status = 0, total, 200
     headers = {
         "Content-Type": "video/mp4",
         "ETag": content.etag,
         "Last-Modified": content.last_modified,
         "Accept-Ranges": "bytes",
     }
+    if isinstance(fault, EncodedBody):
+        # The stored object is the encoded bytes: ranges and lengths count those.
+        encoded = fault.encode(content.to_bytes())
+        content = VideoContent(len(encoded), content.etag, content.last_modified, data=encoded)
+        headers["Content-Encoding"] = fault.encoding
+    total = content.size
+    start, end, status = 0, total, 200
     range_header = request.headers.get("Range")
     if_range = request.headers.get("If-Range")
     if (
@@ -237,8 +246,8 @@ async def _serve(
     return response
 
 
-def make_video_app(fake: FakeSiliconFlow) -> web.Application:
+def make_video_app(state: FakeState) -> web.Application:
     """The aiohttp application of the storage host."""
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", _VideoHandler(fake).handle)
+    app.router.add_route("*", "/{tail:.*}", _VideoHandler(state).handle)
     return app
