@@ -254,19 +254,20 @@ def sweep(tx: Tx) -> None:
         "LEFT JOIN leases l ON l.job_key = j.job_key AND l.idx = -1 "
         "LEFT JOIN owners o ON o.owner = l.owner WHERE j.state = 'submitting'"
     ).fetchall()
-    for row in rows:
-        if row["owner"] is None or not live(row, tx.now):
-            logger.warning(
-                "journal %r: job %r was being submitted by a process that is gone; it is "
-                "now submit_unknown and will not be resubmitted",
-                tx.path,
-                row["job_key"],
-            )
-            tx.conn.execute(
-                "UPDATE jobs SET state = 'submit_unknown', error_type = ?, error_message = ?, "
-                "updated_at = ? WHERE job_key = ?",
-                (*INTERRUPTED, tx.now, row["job_key"]),
-            )
+    gone = [row["job_key"] for row in rows if row["owner"] is None or not live(row, tx.now)]
+    if gone:
+        logger.warning(
+            "journal %r: %d job(s) were being submitted by a process that is gone (%s); "
+            "they are submit_unknown now and will not be submitted again",
+            tx.path,
+            len(gone),
+            ", ".join(gone[:3]) + (", ..." if len(gone) > 3 else ""),
+        )
+        tx.conn.executemany(
+            "UPDATE jobs SET state = 'submit_unknown', error_type = ?, error_message = ?, "
+            "updated_at = ? WHERE job_key = ?",
+            [(*INTERRUPTED, tx.now, key) for key in gone],
+        )
     holders = tx.conn.execute(
         "SELECT DISTINCT l.owner, l.until, o.machine, o.pid FROM leases l "
         "LEFT JOIN owners o ON o.owner = l.owner WHERE l.owner != ?",

@@ -12,7 +12,6 @@ database is reported, never converted to WAL or given our tables.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 from collections.abc import Iterable
@@ -251,9 +250,12 @@ def _recognise(conn: sqlite3.Connection, path: str) -> int:
         return 0
     application = None
     if "meta" in tables:
-        with contextlib.suppress(sqlite3.Error):
+        try:
             row = conn.execute("SELECT value FROM meta WHERE key = 'application'").fetchone()
             application = row[0] if row else None
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorname", "") != "SQLITE_ERROR":
+                raise  # damage or locking, not a "meta" table of another shape
     if application != APPLICATION:
         listed = ", ".join(sorted(tables)[:5]) or "none"
         raise JournalForeignError(

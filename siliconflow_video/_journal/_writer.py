@@ -167,12 +167,19 @@ class GroupWriter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            if self._process(conn, batch):
+            stop = self._process(conn, batch)
+            if stop is not None:
                 break
-        conn.close()
+        try:
+            conn.close()  # the last connection to close checkpoints the WAL into the file
+        except sqlite3.Error:
+            logger.warning("journal %r: closing failed", self.path, exc_info=True)
+        # Only now: whoever awaited the stop may open the file again, or exit.
+        if stop.future is not None:
+            self._send([(stop.future, True, None)])
 
-    def _process(self, conn: sqlite3.Connection, batch: list[_Op]) -> bool:
-        """Run one batch; True when it held the stop."""
+    def _process(self, conn: sqlite3.Connection, batch: list[_Op]) -> _Op | None:
+        """Run one batch; the stop, if it held one."""
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         uncommitted: list[tuple[asyncio.Future[Any], bool, Any]] = []
         begin_error: JournalError | None = None
@@ -228,9 +235,7 @@ class GroupWriter:
         if conn.in_transaction:
             commit()
         self._send(results)
-        if stop is not None and stop.future is not None:
-            self._send([(stop.future, True, None)])
-        return stop is not None
+        return stop
 
     def _call(self, op: _Op, tx: Tx) -> tuple[Any, bool, Any]:
         assert op.fn is not None
