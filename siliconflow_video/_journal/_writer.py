@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 #: The most operations one transaction takes; a bigger burst is several commits.
 _MAX_BATCH = 20_000
-#: Futures resolved per loop callback, so a huge commit wakes its waiters in slices.
+#: Futures resolved per loop callback: a huge commit wakes its waiters in slices.
 _DELIVER_SLICE = 500
 
 Note = Callable[["Tx", dict[str, Any], dict[str, int]], None]
@@ -81,14 +81,23 @@ class Tx:
         self.path = path
 
 
-def _deliver(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for future, ok, value in results:
+def _deliver(
+    loop: asyncio.AbstractEventLoop,
+    results: list[tuple[asyncio.Future[Any], bool, Any]],
+    start: int = 0,
+) -> None:
+    """Resolve one slice of a commit's futures, then queue the next slice behind the
+    callbacks this one woke: a commit of 10,000 writes never holds the loop for long."""
+    end = start + _DELIVER_SLICE
+    for future, ok, value in results[start:end]:
         if future.done():  # the caller was cancelled; the write stands all the same
             continue
         if ok:
             future.set_result(value)
         else:
             future.set_exception(value)
+    if end < len(results):
+        loop.call_soon(_deliver, loop, results, end)
 
 
 class GroupWriter:
@@ -108,39 +117,60 @@ class GroupWriter:
         self._owner = owner
         self._clock = clock
         self._flush_interval = flush_interval
-        self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
+        # The loop hands operations over once per loop iteration, as a list: the thread
+        # wakes once per burst, not once per call, and does not fight the loop for the
+        # GIL while the loop is still queueing.
+        self._queue: queue.SimpleQueue[list[_Op]] = queue.SimpleQueue()
+        self._pending: list[_Op] = []
         self._thread = threading.Thread(target=self._run, name=f"journal {path}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def _submit(self, op: _Op) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a note from outside the loop: straight to the thread
+            self._queue.put([op])
+            return
+        if not self._pending:
+            loop.call_soon(self._hand_over)
+        self._pending.append(op)
+
+    def _hand_over(self) -> None:
+        ops, self._pending = self._pending, []
+        if ops:
+            self._queue.put(ops)
+
     async def write(self, fn: Callable[[Tx], T]) -> T:
         """Run ``fn`` in the next transaction; return its result once committed."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Op(_Kind.WRITE, fn, future))
+        self._submit(_Op(_Kind.WRITE, fn, future))
         return await future
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
         """Run ``fn`` outside any transaction, after the writes queued before it."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Op(_Kind.READ, fn, future))
+        self._submit(_Op(_Kind.READ, fn, future))
         return await future
 
     def note(
         self, key: tuple[Any, ...], fn: Note, fields: dict[str, Any], adds: dict[str, int]
     ) -> None:
         """Queue a note, merged with the others of the same ``key`` still queued."""
-        self._queue.put(_Op(_Kind.NOTE, fn, None, key, fields, adds))
+        self._submit(_Op(_Kind.NOTE, fn, None, key, fields, adds))
 
     async def stop(self) -> None:
         """Commit what is queued, close the connection, end the thread."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Op(_Kind.STOP, future=done))
+        self._submit(_Op(_Kind.STOP, future=done))
         await done
 
     def abandon(self) -> None:
-        """Stop at once, from any thread, without waiting on the event loop."""
-        self._queue.put(_Op(_Kind.STOP))
+        """Stop at once, without waiting on the event loop; queued operations are dropped
+        unanswered, as in a crash (for tests)."""
+        self._pending = []
+        self._queue.put([_Op(_Kind.STOP)])
         self._thread.join()
 
     def _tx(self) -> Tx:
@@ -148,23 +178,22 @@ class GroupWriter:
 
     def _run(self) -> None:
         conn = self._conn
-        assert conn is not None
         while True:
-            batch = [self._queue.get()]
-            if batch[0].kind is _Kind.NOTE:
-                # A note alone is not worth a commit: wait a little for company.
+            batch = self._queue.get()
+            if all(op.kind is _Kind.NOTE for op in batch):
+                # Notes alone are not worth a commit: wait a little for company.
                 deadline = time.monotonic() + self._flush_interval
                 while (remaining := deadline - time.monotonic()) > 0:
                     try:
-                        op = self._queue.get(timeout=remaining)
+                        more = self._queue.get(timeout=remaining)
                     except queue.Empty:
                         break
-                    batch.append(op)
-                    if op.kind is not _Kind.NOTE:
+                    batch.extend(more)
+                    if not all(op.kind is _Kind.NOTE for op in more):
                         break
             while len(batch) < _MAX_BATCH:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.extend(self._queue.get_nowait())
                 except queue.Empty:
                     break
             stop = self._process(conn, batch)
@@ -259,11 +288,10 @@ class GroupWriter:
             if item[0] is not None:  # a note's outcome was logged, if it failed
                 by_loop.setdefault(item[0].get_loop(), []).append(item)
         for loop, items in by_loop.items():
-            for start in range(0, len(items), _DELIVER_SLICE):
-                try:
-                    loop.call_soon_threadsafe(_deliver, items[start : start + _DELIVER_SLICE])
-                except RuntimeError:  # the loop is closed: nobody is waiting any more
-                    break
+            try:
+                loop.call_soon_threadsafe(_deliver, loop, items)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                continue
 
 
 def _coalesce(batch: list[_Op]) -> list[_Op]:
