@@ -686,3 +686,40 @@ async def test_two_journals_create_one_file_at_once(path: Path) -> None:
     finally:
         await a.aclose()
         await b.aclose()
+
+
+async def test_a_migration_keeps_every_row(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening a journal with a newer package migrates it in place, every row kept."""
+    from siliconflow_video._journal import _schema
+
+    async with SQLiteJournal(path) as journal:
+        await journal.accept(["r1", "r2"], dest="/v")
+    monkeypatch.setitem(_schema.MIGRATIONS, 2, "ALTER TABLE jobs ADD COLUMN label TEXT;")
+    monkeypatch.setattr(_schema, "SCHEMA_VERSION", 2)
+    async with SQLiteJournal(path) as journal:
+        assert [j.job_key for j in await journal.jobs()] == ["r1", "r2"]
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()
+
+
+async def test_a_failed_migration_changes_nothing(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration that fails halfway leaves the journal as it was, rows and version."""
+    from siliconflow_video._journal import _schema
+
+    async with SQLiteJournal(path) as journal:
+        await journal.accept(["r1"], dest="/v")
+    broken = "ALTER TABLE jobs ADD COLUMN label TEXT;\nCREATE TABLE half (id INTEGER REFERENCES);"
+    monkeypatch.setitem(_schema.MIGRATIONS, 2, broken)
+    monkeypatch.setattr(_schema, "SCHEMA_VERSION", 2)
+    with pytest.raises(JournalError):
+        await SQLiteJournal(path).open()
+    monkeypatch.undo()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    assert "label" not in columns
+    conn.close()
+    assert [j.job_key for j in read_jobs(path)] == ["r1"]

@@ -1,22 +1,33 @@
 """What the journal records, and the interface every backend offers.
 
 A *job* is one video generation, known on our side by its ``job_key`` from before it has a
-requestId (a submit is journaled before its POST). Its states, which ``jobs --json`` shows
-as they are spelled here::
+requestId (a submit is journaled before its POST). Its states are spelled as ``jobs
+--json`` will show them, and change only so::
 
-    submitting ──POST answered──▶ waiting ──Succeed──▶ downloading ──all videos done──▶ done
-      │   │                         │                      │
-      │   └─ surely not created ─▶ failed ◀──Failed, or────┘ a video could not be fetched
-      │      (400, 402, ...)         ▲      an API error
-      │                              │
-      └─ the POST's fate is unknown  │ (abandoned)
-         (its writer died, or the ───┴── submit_unknown ──requestId found by hand──▶ waiting
-          connection broke mid-POST)
+    submitting ──▶ waiting ──▶ downloading ──▶ done
+        │  │          │             │
+        │  └──────────┴─────────────┴──▶ failed ──(accepted again)──▶ waiting
+        ▼                                  ▲
+    submit_unknown ──(given up)────────────┘
+        └──(requestId found by hand)──▶ waiting
+
+    submitting     → waiting         submitted(): the POST answered with a requestId
+    submitting     → failed          failed(): the POST surely created nothing (400, 402)
+    submitting     → submit_unknown  submit_unknown(): the connection broke mid-POST; or
+                                     its writer is gone (found when a journal opens, and
+                                     at each heartbeat), or closed before the answer
+    submit_unknown → waiting         resolve_unknown(key, request_id)
+    submit_unknown → failed          resolve_unknown(key, None)
+    waiting        → downloading     succeeded(urls)
+    waiting        → failed          failed(): ``Failed`` at SiliconFlow, or an API error
+    downloading    → done            video_done() of the last video
+    downloading    → failed          video_failed() once no video is left in flight,
+                                     or failed()
+    failed         → waiting         accept() again, unless SiliconFlow said ``Failed``
+    failed         → submitting      begin_submit() of its submit key, if no job was created
 
 ``submit_unknown`` is never resubmitted by the library: SiliconFlow has no idempotency key,
-so a second POST may pay for a second video. ``failed`` is final when SiliconFlow said
-``Failed`` or the job was never created; a job that failed on our side (a download, an API
-error) goes back to ``waiting`` when it is accepted again.
+so a second POST may pay for a second video.
 
 Each video of a job goes ``pending`` → ``downloading`` → ``done`` (or ``failed``). A video
 is complete when the journal says ``done``: a file's name is no proof.

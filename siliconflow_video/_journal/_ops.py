@@ -7,6 +7,7 @@ rolls back its savepoint): a typed error for a change the states or the leases f
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 from typing import Any
@@ -268,17 +269,16 @@ def sweep(tx: Tx) -> None:
             "updated_at = ? WHERE job_key = ?",
             [(*INTERRUPTED, tx.now, key) for key in gone],
         )
+    # Leases that keep nobody off any more: expired, or held by a process known dead.
+    tx.conn.execute("DELETE FROM leases WHERE until < ? AND owner != ?", (tx.now, tx.owner))
     holders = tx.conn.execute(
-        "SELECT DISTINCT l.owner, l.until, o.machine, o.pid FROM leases l "
-        "LEFT JOIN owners o ON o.owner = l.owner WHERE l.owner != ?",
+        "SELECT owner, machine, pid FROM owners WHERE owner != ? "
+        "AND owner IN (SELECT owner FROM leases)",
         (tx.owner,),
     ).fetchall()
-    for holder in holders:
-        if not live(holder, tx.now):
-            tx.conn.execute(
-                "DELETE FROM leases WHERE owner = ? AND until = ?",
-                (holder["owner"], holder["until"]),
-            )
+    for row in holders:
+        if not holder_is_live(until=math.inf, machine=row["machine"], pid=row["pid"], now=0):
+            tx.conn.execute("DELETE FROM leases WHERE owner = ?", (row["owner"],))
     # Owners holding nothing are forgotten once surely gone (or silent for a day).
     idle = tx.conn.execute(
         "SELECT owner, seen_at, machine, pid FROM owners WHERE owner != ? "

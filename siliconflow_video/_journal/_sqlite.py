@@ -196,8 +196,6 @@ class SQLiteJournal(Journal):
             except Exception:  # noqa: BLE001 - the next beat tries again; leases may lapse
                 logger.warning("journal %r: could not renew leases", self.path, exc_info=True)
 
-    # -- the journal's thread -----------------------------------------------------------------
-
     # -- queueing, on the event loop ----------------------------------------------------------
 
     def _usable(self) -> None:
