@@ -1,7 +1,8 @@
 """One thread, one connection, group commits: how the journal's writes reach the disk.
 
-Every call puts an operation on a queue and returns (a note) or awaits its future (a
-durable write or a read). The thread takes everything queued, runs the writes in one
+Every call queues an operation and returns (a note) or awaits its future (a durable write
+or a read). The operations queued during one turn of the event loop reach the thread
+together, once that turn ends. The thread takes everything queued, runs the writes in one
 ``BEGIN IMMEDIATE`` transaction (each in its own savepoint, so one bad write fails alone),
 commits, and only then resolves the futures: a durable write that returned is committed.
 A burst of 10,000 accepts is a handful of transactions, and the event loop only queues and
@@ -31,7 +32,7 @@ __all__ = ["GroupWriter", "Tx"]
 
 T = TypeVar("T")
 
-#: The most operations one transaction takes; a bigger burst is several commits.
+#: Operations gathered into one transaction before it starts (one hand-over is never split).
 _MAX_BATCH = 20_000
 #: Futures resolved per loop callback: a huge commit wakes its waiters in slices.
 _DELIVER_SLICE = 500
@@ -196,7 +197,15 @@ class GroupWriter:
                     batch.extend(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            stop = self._process(conn, batch)
+            try:
+                stop = self._process(conn, batch)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not hang every caller
+                logger.exception("journal %r: a batch failed", self.path)
+                _rollback(conn)
+                error = JournalError(f"journal {self.path!r}: internal error: {exc}")
+                stop = next((op for op in batch if op.kind is _Kind.STOP), None)
+                failed = [op for op in batch if op.future is not None and op is not stop]
+                self._send([(op.future, False, error) for op in failed if op.future])
             if stop is not None:
                 break
         try:
