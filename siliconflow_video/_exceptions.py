@@ -24,8 +24,21 @@ failed on SiliconFlow's side, and a *download* that failed on the way to disk.
     │           └── GatewayTimeoutError     504
     ├── JobFailedError                      the job ended "Failed": not an API failure
     ├── WaitTimeoutError                    (also TimeoutError) wait(timeout=...) ran out
-    └── DownloadError                       a video could not be brought to disk
-        └── VideoURLExpiredError            the URL expired and no fresh one came back
+    ├── DownloadError                       a video could not be brought to disk
+    │   └── VideoURLExpiredError            the URL expired and no fresh one came back
+    └── JournalError                        the journal cannot record or read something
+        ├── JournalUnavailableError         (also ValueError) unknown backend, or not built yet
+        ├── JournalPathError                missing folder, a folder as path, no journal there
+        ├── JournalCorruptError             not an SQLite database, or a damaged one
+        ├── JournalForeignError             an SQLite database of some other application
+        ├── JournalVersionError             written by a newer siliconflow-video
+        ├── JournalReadOnlyError            opened read-only, or the file is: writes refused
+        ├── JournalBusyError                (also TimeoutError) the write lock stayed taken
+        ├── JournalStateError               (also ValueError) a change the states forbid
+        ├── UnknownJobError                 (also LookupError) no such job or video
+        └── LeaseError                      a job or video is not ours to work on
+            ├── LeaseHeldError              another live process holds it
+            └── LeaseLostError              ours expired and another process took it
 
 Errors that concern one job carry its ``request_id`` (``None`` when there is no job, as for
 ``submit``).
@@ -275,3 +288,111 @@ class DownloadError(SiliconFlowError):
 
 class VideoURLExpiredError(DownloadError):
     """The video URL expired (they live one hour) and ``/video/status`` gave no fresh one."""
+
+
+# -- the journal -------------------------------------------------------------------------
+# Kept as one block for now; folded into the sorted list above when the journal is exported.
+__all__ += [
+    "JournalBusyError",
+    "JournalCorruptError",
+    "JournalError",
+    "JournalForeignError",
+    "JournalPathError",
+    "JournalReadOnlyError",
+    "JournalStateError",
+    "JournalUnavailableError",
+    "JournalVersionError",
+    "LeaseError",
+    "LeaseHeldError",
+    "LeaseLostError",
+    "UnknownJobError",
+]
+
+
+class JournalError(SiliconFlowError):
+    """The journal cannot record or read something; ``path`` names its file (or URL).
+
+    Nothing is lost when one is raised: a write that raised was not made, and every write
+    acknowledged before it stays.
+    """
+
+    def __init__(
+        self, message: str, *, path: str | None = None, request_id: str | None = None
+    ) -> None:
+        super().__init__(message, request_id=request_id)
+        self.path = path
+
+
+class JournalUnavailableError(JournalError, ValueError):
+    """The journal URL names a backend that does not exist, or one not built yet
+    (``postgresql://``)."""
+
+
+class JournalPathError(JournalError):
+    """The journal's folder does not exist, the path is a folder, or (when only reading)
+    there is no journal at the path."""
+
+
+class JournalCorruptError(JournalError):
+    """The file is not an SQLite database, or SQLite reports it damaged."""
+
+
+class JournalForeignError(JournalError):
+    """The file is an SQLite database, but not a siliconflow-video journal: it is left
+    untouched."""
+
+
+class JournalVersionError(JournalError):
+    """The journal was written by a newer siliconflow-video (schema ``found``; this one
+    knows up to ``supported``). Upgrade the package; the file is left untouched."""
+
+    def __init__(self, message: str, *, path: str | None, found: int, supported: int) -> None:
+        super().__init__(message, path=path)
+        self.found = found
+        self.supported = supported
+
+
+class JournalReadOnlyError(JournalError):
+    """The journal was opened read-only, or its file cannot be written: reads work,
+    writes are refused."""
+
+
+class JournalBusyError(JournalError, TimeoutError):
+    """Another process kept the journal's write lock longer than ``busy_timeout``."""
+
+
+class JournalStateError(JournalError, ValueError):
+    """A change the journal's state machine does not allow, such as a video ``done`` on a
+    job that failed, or a requestId already recorded under another job."""
+
+
+class UnknownJobError(JournalError, LookupError):
+    """No such job (or video of a job) in the journal."""
+
+
+class LeaseError(JournalError):
+    """A job or video is not ours to work on. ``owner`` names the process that holds it
+    (``host:pid:token``) and ``expires_at`` (seconds since the epoch) when its lease ends
+    unless renewed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        owner: str | None = None,
+        expires_at: float | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, path=path, request_id=request_id)
+        self.owner = owner
+        self.expires_at = expires_at
+
+
+class LeaseHeldError(LeaseError):
+    """Another live process holds the lease: it is working on this job or video now."""
+
+
+class LeaseLostError(LeaseError):
+    """Our lease ran out (the process stalled past its expiry) and another process took
+    it over: stop working on this job or video."""

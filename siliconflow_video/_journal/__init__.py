@@ -1,0 +1,125 @@
+"""The journal: every job accepted or submitted, and each of its videos, on disk.
+
+::
+
+    async with open_journal("jobs.db") as journal:
+        jobs = await journal.accept(request_ids, dest="videos/")
+
+``open_journal`` takes a path (or ``sqlite:///path``); ``postgresql://`` is planned and
+raises ``JournalUnavailableError`` for now. ``read_jobs`` reads a journal from a script
+without an event loop and without writing anything.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+
+from .._exceptions import JournalError, JournalUnavailableError
+from ._base import (
+    ErrorInfo,
+    JobRecord,
+    JobState,
+    Journal,
+    Lease,
+    SubmitIntent,
+    VideoRecord,
+    VideoState,
+    strip_query,
+    submit_key_for,
+)
+from ._schema import SCHEMA_VERSION, Synchronous, connect, translate
+from ._schema import read_jobs as _read_jobs
+from ._sqlite import SQLiteJournal
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ErrorInfo",
+    "JobRecord",
+    "JobState",
+    "Journal",
+    "Lease",
+    "SQLiteJournal",
+    "SubmitIntent",
+    "VideoRecord",
+    "VideoState",
+    "open_journal",
+    "read_jobs",
+    "strip_query",
+    "submit_key_for",
+]
+
+_POSTGRES = ("postgres://", "postgresql://", "postgresql+")
+
+
+def _sqlite_path(path_or_url: str | os.PathLike[str]) -> str:
+    text = os.fspath(path_or_url)
+    if text.startswith(_POSTGRES):
+        raise JournalUnavailableError(
+            "a PostgreSQL journal is not available yet; use a file path (SQLite) for now",
+            path=text.split("@")[-1],  # never echo a password from the URL
+        )
+    if text.startswith("sqlite://"):
+        # As SQLAlchemy spells it: sqlite:///relative.db, sqlite:////absolute.db
+        rest = text[len("sqlite://") :]
+        if not rest.startswith("/") or len(rest) < 2:
+            raise JournalUnavailableError(
+                f"{text!r} names no file; write sqlite:///path/to/journal.db", path=text
+            )
+        return os.path.expanduser(rest[1:])
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        raise JournalUnavailableError(
+            f"no journal backend for {scheme}://; give a file path or sqlite:///path",
+            path=text,
+        )
+    if not text:
+        raise JournalUnavailableError("the journal path is empty")
+    return os.path.expanduser(text)
+
+
+def open_journal(
+    path_or_url: str | os.PathLike[str],
+    *,
+    read_only: bool = False,
+    synchronous: Synchronous = "normal",
+    busy_timeout: float = 10.0,
+    lease_seconds: float = 60.0,
+) -> Journal:
+    """The journal at ``path_or_url``, to open with ``async with`` (or ``await .open()``).
+
+    A missing file is created (mode 0600); its folder must exist. ``synchronous="full"``
+    also survives power loss, at one fsync per commit (see ``SQLiteJournal``).
+    """
+    return SQLiteJournal(
+        _sqlite_path(path_or_url),
+        read_only=read_only,
+        synchronous=synchronous,
+        busy_timeout=busy_timeout,
+        lease_seconds=lease_seconds,
+    )
+
+
+def read_jobs(
+    path_or_url: str | os.PathLike[str],
+    *,
+    unfinished: bool = False,
+    states: Iterable[JobState] | None = None,
+) -> list[JobRecord]:
+    """The journal's jobs, read synchronously and without writing (for scripts and
+    ``jobs``); see :meth:`Journal.jobs`."""
+    path = _sqlite_path(path_or_url)
+    conn, _ = connect(path, read_only=True, busy_timeout=10.0, synchronous="normal")
+    try:
+        return _read_jobs(conn, now=time.time(), unfinished=unfinished, states=states)
+    except JournalError:
+        raise
+    except Exception as exc:
+        import sqlite3
+
+        if isinstance(exc, sqlite3.Error):
+            raise translate(exc, path) from None
+        raise
+    finally:
+        conn.close()
