@@ -19,9 +19,10 @@ from ._config import (
     PollPolicy,
     RetryPolicy,
 )
+from ._journal import Journal
 from ._models import Naming, Outcome, ProgressCallback
 
-__all__ = ["wait_and_download"]
+__all__ = ["resume", "wait_and_download"]
 
 
 async def wait_and_download(
@@ -42,6 +43,7 @@ async def wait_and_download(
     retry: RetryPolicy = DEFAULT_RETRY,
     download: DownloadPolicy = DEFAULT_DOWNLOAD,
     trust_env: bool = True,
+    journal: str | os.PathLike[str] | Journal | None = None,
 ) -> list[Outcome]:
     """Wait for every job and download every video into ``dest``.
 
@@ -50,6 +52,11 @@ async def wait_and_download(
     Downloads start as soon as each job succeeds. Files are written to ``<name>.part`` and
     renamed only when whole; a rerun over the same folder fetches nothing twice and resumes
     partial files.
+
+    With ``journal=`` (a path: an SQLite file, created 0600; or an open ``Journal``) every
+    id is recorded before its first status call and each step after it, so that
+    :func:`resume` finishes the work after a restart; what the journal recorded as done is
+    reported again without a request.
 
     ``timeout`` is the deadline for the whole wait (jobs still running then get a
     ``WaitTimeoutError`` outcome); ``request_timeout`` bounds one API request. The other
@@ -68,6 +75,7 @@ async def wait_and_download(
         max_concurrent_downloads=max_concurrent_downloads,
         download=download,
         trust_env=trust_env,
+        journal=journal,
     ) as client:
         return await client.wait_and_download(
             request_ids,
@@ -76,3 +84,42 @@ async def wait_and_download(
             progress=progress,
             naming=naming,
         )
+
+
+async def resume(
+    journal: str | os.PathLike[str] | Journal,
+    *,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    timeout: float | None = None,
+    max_concurrent_downloads: int = 4,
+    progress: ProgressCallback | None = None,
+    naming: Naming | None = None,
+    max_concurrent_requests: int = 16,
+    poll: PollPolicy = DEFAULT_POLL,
+    request_timeout: float = 60.0,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    download: DownloadPolicy = DEFAULT_DOWNLOAD,
+    trust_env: bool = True,
+) -> list[Outcome]:
+    """Finish every unfinished job in ``journal``, each into the destination recorded with
+    it, and return one :class:`Outcome` per job (journal order).
+
+    Unfinished: waiting, downloading, or failed on our side (a download that ran out of
+    tries, an outage). Jobs SiliconFlow said ``Failed`` stay failed. Jobs whose submit may
+    have reached SiliconFlow unanswered (``submit_unknown``) have no requestId to resume:
+    they are never resubmitted, and ``read_jobs`` lists them for a person to settle.
+    """
+    async with AsyncClient(
+        api_key,
+        base_url,
+        max_concurrent_requests=max_concurrent_requests,
+        poll=poll,
+        request_timeout=request_timeout,
+        retry=retry,
+        max_concurrent_downloads=max_concurrent_downloads,
+        download=download,
+        trust_env=trust_env,
+        journal=journal,
+    ) as client:
+        return await client.resume(timeout=timeout, progress=progress, naming=naming)

@@ -16,9 +16,12 @@ from typing import Protocol
 from ._exceptions import (
     ConfigurationError,
     DownloadError,
+    LeaseHeldError,
     SiliconFlowError,
     UnsafeFileNameError,
+    WaitTimeoutError,
 )
+from ._journal import Recorder
 from ._logging import logger, scrub_urls
 from ._models import (
     EventKind,
@@ -104,8 +107,10 @@ class _Batch:
         max_concurrent_downloads: int,
         progress: ProgressCallback | None,
         naming: Naming | None,
+        record: Recorder,
     ) -> None:
         self.client = client
+        self.record = record
         self.dest = dest
         self.slots = asyncio.Semaphore(max_concurrent_downloads)
         self.notify = _safe(progress)
@@ -118,6 +123,7 @@ class _Batch:
 
     def listener(self, request_id: str) -> Callable[[VideoStatus], None]:
         def on_status(status: VideoStatus) -> None:
+            self.record.polled(status)
             self.notify(ProgressEvent(request_id, EventKind.STATUS, status=status.status))
 
         return on_status
@@ -147,7 +153,10 @@ class _Batch:
 
     async def refresh_url(self, request_id: str, index: int) -> str | None:
         urls = (await self.client.get_status(request_id)).urls
-        return urls[index] if index < len(urls) else None
+        if index >= len(urls):
+            return None
+        self.record.url_seen(request_id, index, urls[index])
+        return urls[index]
 
     async def one_video(self, request_id: str, index: int, url: str, path: Path) -> VideoFile:
         def on_bytes(done: int, total: int | None) -> None:
@@ -157,15 +166,20 @@ class _Batch:
                 )
             )
 
-        async with self.slots:
-            video = await self.client.fetch_video(
-                url,
-                path,
-                refresh_url=lambda: self.refresh_url(request_id, index),
-                request_id=request_id,
-                index=index,
-                on_progress=on_bytes if self.counting_bytes else None,
-            )
+        try:
+            async with self.slots:
+                video = await self.client.fetch_video(
+                    url,
+                    path,
+                    refresh_url=lambda: self.refresh_url(request_id, index),
+                    request_id=request_id,
+                    index=index,
+                    on_progress=on_bytes if self.counting_bytes else None,
+                )
+        except Exception as exc:
+            await self.record.video_failed(request_id, index, exc)
+            raise
+        await self.record.video_done(request_id, video)
         self.notify(
             ProgressEvent(
                 request_id,
@@ -181,6 +195,7 @@ class _Batch:
     async def download(self, status: VideoStatus) -> None:
         rid = status.request_id
         try:
+            await self.record.succeeded(status)
             targets = [(i, url, self.target(rid, i, url)) for i, url in enumerate(status.urls)]
             # One video failing must not stop its siblings: gather them all, then report.
             results = await asyncio.gather(
@@ -198,11 +213,48 @@ class _Batch:
         error = _as_error(errors[0], rid) if errors else None
         self.finish(Outcome(rid, status, files, error))
 
+    async def ended(self, result: WaitResult) -> None:
+        error = result.error or SiliconFlowError("no status", request_id=result.request_id)
+        try:
+            await self.record.ended(result.request_id, error)
+        except SiliconFlowError as exc:  # the journal refused: say so rather than lose it
+            error = exc
+        self.finish(Outcome(result.request_id, result.status, (), error))
+
     def waited(self, result: WaitResult, tasks: asyncio.TaskGroup) -> None:
         if result.error is not None or result.status is None:
-            self.finish(Outcome(result.request_id, result.status, (), result.error))
+            tasks.create_task(self.ended(result))
         else:
             tasks.create_task(self.download(result.status))
+
+    async def wait_for(
+        self, request_ids: list[str], timeout: float | None, tasks: asyncio.TaskGroup
+    ) -> None:
+        completions = self.client.completions(request_ids, timeout=timeout, on_status=self.listener)
+        async with contextlib.aclosing(completions):
+            async for result in completions:
+                self.waited(result, tasks)
+
+    async def after_lease(
+        self, request_id: str, timeout: float | None, tasks: asyncio.TaskGroup
+    ) -> None:
+        """Another process holds this id: wait for it to let go (as a second process waits
+        for a ``.part`` lock), then take what it finished, or carry on where it stopped."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        if not await self.record.claim(request_id, wait=timeout):
+            error = WaitTimeoutError(request_id, timeout or 0.0, None)
+            error.__cause__ = LeaseHeldError(
+                "another process is working on this id", request_id=request_id
+            )
+            self.finish(Outcome(request_id, None, (), error))
+            return
+        known = await self.record.known_outcome(request_id)
+        if known is not None:
+            self.finish(known)
+            return
+        left = None if timeout is None else max(0.0, timeout - (loop.time() - start))
+        await self.wait_for([request_id], left, tasks)
 
 
 async def run_batch(
@@ -214,7 +266,10 @@ async def run_batch(
     max_concurrent_downloads: int,
     progress: ProgressCallback | None,
     naming: Naming | None,
+    record: Recorder,
 ) -> list[Outcome]:
+    """One outcome per id, in the order given; ``record`` is told of every step (a
+    journal's, or one that records nothing)."""
     if isinstance(request_ids, str):
         raise TypeError("request_ids must be a list of ids, not one string")
     if max_concurrent_downloads < 1:
@@ -227,6 +282,7 @@ async def run_batch(
         max_concurrent_downloads=max_concurrent_downloads,
         progress=progress,
         naming=naming,
+        record=record,
     )
     valid: list[str] = []
     for rid in dict.fromkeys(ids):
@@ -241,11 +297,23 @@ async def run_batch(
             f"cannot create the destination folder {str(dest)!r}: {exc.strerror or exc}",
             path=str(dest),
         ) from exc
-    async with asyncio.TaskGroup() as tasks:
-        completions = client.completions(valid, timeout=timeout, on_status=batch.listener)
-        async with contextlib.aclosing(completions):
-            async for result in completions:
-                batch.waited(result, tasks)
+    try:
+        known = await record.accept(valid, dest)
+        ready: list[str] = []
+        held: list[str] = []
+        for rid in valid:
+            if rid in known:
+                batch.finish(known[rid])
+            elif await record.claim(rid, wait=0):
+                ready.append(rid)
+            else:
+                held.append(rid)
+        async with asyncio.TaskGroup() as tasks:
+            for rid in held:
+                tasks.create_task(batch.after_lease(rid, timeout, tasks))
+            await batch.wait_for(ready, timeout, tasks)
+    finally:
+        await asyncio.shield(record.release())
     return [batch.outcomes.get(rid) or _no_result(rid) for rid in ids]
 
 

@@ -28,13 +28,23 @@ from ._config import (
 )
 from ._download import download_video
 from ._exceptions import (
+    APIStatusError,
     ConfigurationError,
     JobFailedError,
     MalformedResponseError,
     SiliconFlowError,
+    SubmitUnknownError,
     WaitTimeoutError,
 )
 from ._http import APITransport, is_safe_to_resubmit, with_retries
+from ._journal import (
+    JobRecord,
+    JobState,
+    Journal,
+    JournalRecord,
+    Recorder,
+    open_journal,
+)
 from ._models import (
     Naming,
     Outcome,
@@ -133,6 +143,7 @@ class AsyncClient:
         session: aiohttp.ClientSession | None = None,
         video_session: aiohttp.ClientSession | None = None,
         trust_env: bool = True,
+        journal: str | os.PathLike[str] | Journal | None = None,
     ) -> None:
         self._api_key = resolve_api_key(api_key)
         self.base_url = resolve_base_url(base_url)
@@ -182,6 +193,14 @@ class AsyncClient:
             retry=retry,
             max_in_flight=max_concurrent_requests,
         )
+        # A journal given by path (or URL) is opened on first use and closed by the
+        # client; one given as a Journal must be open already, and stays the caller's.
+        self._owns_journal = journal is not None and not isinstance(journal, Journal)
+        self._journal: Journal | None = (
+            journal if journal is None or isinstance(journal, Journal) else open_journal(journal)
+        )
+        self._journal_opened = not self._owns_journal
+        self._journal_lock = asyncio.Lock()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -209,6 +228,18 @@ class AsyncClient:
             await self._download_session.close()
         if self._owns_session and self._session is not None:
             await self._session.close()
+        if self._owns_journal and self._journal is not None and self._journal_opened:
+            await self._journal.aclose()
+
+    async def journal(self) -> Journal | None:
+        """The client's journal, opened (None when it has none)."""
+        if self._journal is None:
+            return None
+        async with self._journal_lock:
+            if not self._journal_opened:
+                await self._journal.open()
+                self._journal_opened = True
+        return self._journal
 
     @property
     def rate_stats(self) -> GovernorStats:
@@ -395,12 +426,20 @@ class AsyncClient:
         negative_prompt: str | None = None,
         image: ImageInput | None = None,
         seed: int | None = None,
+        dest: str | os.PathLike[str] | None = None,
+        submit_key: str | None = None,
     ) -> str:
         """Start a generation job and return its requestId.
 
         ``image`` (for image-to-video models) may be a URL, a path or raw bytes; paths and
         bytes are sent as a data URI. Only answers that prove the job was not created (429,
         503, no connection) are retried: a second submit could pay for a second video.
+
+        With a journal, the intent is committed before the POST and the requestId right
+        after it, with ``dest`` (required then) for ``resume``. A ``submit_key`` already
+        journaled returns that job's requestId instead of submitting again; a POST that may
+        have reached SiliconFlow unanswered leaves the job ``submit_unknown``, and submitting
+        its key again raises ``SubmitUnknownError``: it is never resubmitted on its own.
         """
         if not model or not isinstance(model, str):
             raise ConfigurationError("model must be a non-empty string")
@@ -420,7 +459,35 @@ class AsyncClient:
             body = await self._api().post("/video/submit", payload, request_id=None)
             return _request_id_from(body)
 
-        return await with_retries(self.retry_policy, once, retry_if=is_safe_to_resubmit)
+        journal = await self.journal()
+        if journal is None:
+            return await with_retries(self.retry_policy, once, retry_if=is_safe_to_resubmit)
+        if dest is None:
+            raise ConfigurationError(
+                "with a journal, submit needs dest=: the folder (or s3:// URL) where "
+                "resume puts the job's videos"
+            )
+        intent = await journal.begin_submit(payload, dest=dest, submit_key=submit_key)
+        job = intent.job
+        if not intent.proceed:
+            if job.request_id is not None:
+                return job.request_id  # submitted before: never twice
+            raise SubmitUnknownError(
+                f"a submit with this key is journaled as {job.state.value} and may already "
+                "have reached SiliconFlow; it is not sent again (that could charge twice). "
+                "Find its requestId in SiliconFlow's console, or give it up",
+                job_key=job.job_key,
+            )
+        try:
+            request_id = await with_retries(self.retry_policy, once, retry_if=is_safe_to_resubmit)
+        except BaseException as exc:
+            if isinstance(exc, SiliconFlowError) and _surely_not_created(exc):
+                await journal.failed(job.job_key, exc)
+            else:  # cancelled, dropped or answered oddly mid-POST: nobody knows
+                await asyncio.shield(journal.submit_unknown(job.job_key, exc))
+            raise
+        await journal.submitted(job.job_key, request_id)
+        return request_id
 
     # -- download ---------------------------------------------------------------------------
 
@@ -437,6 +504,7 @@ class AsyncClient:
         """Wait for every job and download every video into ``dest``; see
         :func:`siliconflow_video.wait_and_download`. ``max_concurrent_downloads`` may
         lower the client's cap for this call; the client's cap holds across all calls."""
+        journal = await self.journal()
         return await run_batch(
             _BatchPort(self),
             request_ids,
@@ -449,7 +517,39 @@ class AsyncClient:
             ),
             progress=progress,
             naming=naming,
+            record=Recorder() if journal is None else JournalRecord(journal),
         )
+
+    async def resume(
+        self,
+        *,
+        timeout: float | None = None,
+        max_concurrent_downloads: int | None = None,
+        progress: ProgressCallback | None = None,
+        naming: Naming | None = None,
+    ) -> list[Outcome]:
+        """Carry on with every unfinished job in the client's journal, each into the
+        destination recorded with it; see :func:`siliconflow_video.resume`."""
+        journal = await self.journal()
+        if journal is None:
+            raise ConfigurationError("resume needs a journal: AsyncClient(journal=PATH)")
+        by_dest: dict[str, list[str]] = {}
+        for job in await journal.jobs():
+            if job.request_id is None or not _resumable(job):
+                continue  # submit_unknown and submitting rows are a person's to settle
+            by_dest.setdefault(job.dest, []).append(job.request_id)
+        runs = [
+            self.wait_and_download(
+                ids,
+                dest,
+                timeout=timeout,
+                max_concurrent_downloads=max_concurrent_downloads,
+                progress=progress,
+                naming=naming,
+            )
+            for dest, ids in by_dest.items()
+        ]
+        return [outcome for outcomes in await asyncio.gather(*runs) for outcome in outcomes]
 
 
 class _BatchPort:
@@ -505,6 +605,25 @@ def _result(request_id: str, future: asyncio.Future[VideoStatus]) -> WaitResult:
     if status.status is Status.FAILED:
         return WaitResult(request_id, status, JobFailedError(request_id, status.reason))
     return WaitResult(request_id, status, None)
+
+
+def _resumable(job: JobRecord) -> bool:
+    """Work is left: waiting or downloading, or failed on our side (a download that ran out
+    of tries, an outage); not a job SiliconFlow itself said Failed."""
+    if job.state in (JobState.WAITING, JobState.DOWNLOADING):
+        return True
+    return job.state is JobState.FAILED and job.remote_status != "Failed"
+
+
+def _surely_not_created(exc: SiliconFlowError) -> bool:
+    """The submit's answer proves no job was made: rejected (4xx) or never sent."""
+    if is_safe_to_resubmit(exc):
+        return True
+    return (
+        isinstance(exc, APIStatusError)
+        and 400 <= exc.status_code < 500
+        and (exc.status_code != 408)
+    )
 
 
 def _request_id_from(body: bytes) -> str:

@@ -36,6 +36,7 @@ failed on SiliconFlow's side, and a *download* that failed on the way to disk.
         ├── JournalBusyError                (also TimeoutError) the write lock stayed taken
         ├── JournalStateError               (also ValueError) a change the states forbid
         ├── UnknownJobError                 (also LookupError) no such job or video
+        ├── SubmitUnknownError              a journaled submit may have reached SiliconFlow
         └── LeaseError                      a job or video is not ours to work on
             ├── LeaseHeldError              another live process holds it
             └── LeaseLostError              ours expired and another process took it
@@ -305,6 +306,7 @@ __all__ += [
     "LeaseError",
     "LeaseHeldError",
     "LeaseLostError",
+    "SubmitUnknownError",
     "UnknownJobError",
 ]
 
@@ -396,3 +398,14 @@ class LeaseHeldError(LeaseError):
 class LeaseLostError(LeaseError):
     """Our lease ran out (the process stalled past its expiry) and another process took
     it over: stop working on this job or video."""
+
+
+class SubmitUnknownError(JournalError):
+    """A journaled submit with this key may already have reached SiliconFlow, and its
+    requestId was never recorded (``submit_unknown``), or another process is submitting it
+    now. It is never resubmitted on its own: SiliconFlow has no idempotency key, and a
+    second submit can charge twice. ``job_key`` names the journal's row."""
+
+    def __init__(self, message: str, *, job_key: str, path: str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.job_key = job_key

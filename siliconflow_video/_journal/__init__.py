@@ -29,6 +29,7 @@ from ._base import (
     strip_query,
     submit_key_for,
 )
+from ._record import JournalRecord, Recorder
 from ._schema import SCHEMA_VERSION, Synchronous, connect, translate
 from ._schema import read_jobs as _read_jobs
 from ._sqlite import SQLiteJournal
@@ -39,7 +40,9 @@ __all__ = [
     "JobRecord",
     "JobState",
     "Journal",
+    "JournalRecord",
     "Lease",
+    "Recorder",
     "SQLiteJournal",
     "SubmitIntent",
     "VideoRecord",

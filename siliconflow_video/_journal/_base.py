@@ -396,6 +396,11 @@ class Journal(abc.ABC):
         """One video is complete at ``path``; the last one makes the job ``done``."""
 
     @abc.abstractmethod
+    async def reopen(self, job_key: str, indexes: Iterable[int]) -> JobRecord:
+        """Videos recorded complete whose files are gone or changed since: ``pending``
+        again, and the job ``waiting``, so they are fetched again."""
+
+    @abc.abstractmethod
     async def video_failed(
         self, job_key: str, index: int, error: BaseException | ErrorInfo
     ) -> JobRecord:

@@ -446,6 +446,28 @@ class SQLiteJournal(Journal):
 
         return await self._write(run)
 
+    async def reopen(self, job_key: str, indexes: Iterable[int]) -> JobRecord:
+        wanted = sorted(set(indexes))
+
+        def run(tx: Tx) -> JobRecord:
+            expect(job_row(tx, job_key), {"done", "downloading"}, "reopen its videos")
+            check_lease(tx, job_key, -1)
+            for index in wanted:
+                video_row(tx, job_key, index)
+                tx.conn.execute(
+                    "UPDATE videos SET state = 'pending', bytes_done = 0, finished_at = NULL, "
+                    "updated_at = ? WHERE job_key = ? AND idx = ?",
+                    (tx.now, job_key, index),
+                )
+            tx.conn.execute(
+                "UPDATE jobs SET state = 'waiting', finished_at = NULL, updated_at = ? "
+                "WHERE job_key = ?",
+                (tx.now, job_key),
+            )
+            return one_job(tx, job_key)
+
+        return await self._write(run)
+
     async def video_failed(
         self, job_key: str, index: int, error: BaseException | ErrorInfo
     ) -> JobRecord:
