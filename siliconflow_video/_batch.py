@@ -180,6 +180,7 @@ class _Batch:
                 path,
                 refresh_url=lambda: self.refresh_url(request_id, index),
                 policy=self.client.download_policy,
+                writes=self.client._disk_writes,
                 request_id=request_id,
                 index=index,
                 on_progress=on_bytes if self.counting_bytes else None,

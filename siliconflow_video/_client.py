@@ -24,6 +24,7 @@ from ._config import (
     resolve_api_key,
     resolve_base_url,
 )
+from ._download import DiskWrites
 from ._exceptions import (
     ConfigurationError,
     JobFailedError,
@@ -147,6 +148,7 @@ class AsyncClient:
         self._session = session
         self._owns_session = session is None
         self._download_session: aiohttp.ClientSession | None = None
+        self._disk_writes = DiskWrites()  # shared by this client's downloads, no one else's
         self._governor = RateGovernor()
         self._transport: APITransport | None = None
         self._poller = Poller(

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from siliconflow_video import AsyncClient, DownloadPolicy, RetryPolicy, _download
+from siliconflow_video import AsyncClient, DownloadPolicy, RetryPolicy
 from siliconflow_video.testing import FakeSiliconFlow
 
 #: Retries that keep their shape (backoff, jitter, Retry-After) but take milliseconds.
@@ -24,15 +24,6 @@ def make_client(fake: FakeSiliconFlow, **options: object) -> AsyncClient:
     }
     settings.update(options)
     return AsyncClient(fake.api_key, fake.base_url, **settings)  # type: ignore[arg-type]
-
-
-@pytest.fixture(autouse=True)
-def loop_writes(monkeypatch: pytest.MonkeyPatch) -> _download._LoopWrites:
-    """A fresh process-wide loop-write state per test: no earlier test's slow disk write
-    carries over and sends this test's writes to worker threads."""
-    state = _download._LoopWrites()
-    monkeypatch.setattr(_download, "_LOOP_WRITES", state)
-    return state
 
 
 @pytest.fixture

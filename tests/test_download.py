@@ -2,7 +2,7 @@
 
 Runs against FakeSiliconFlow over real HTTP on loopback; nothing in aiohttp is mocked.
 Disk faults are real where the machine allows it (chattr +i, a 1 MiB tmpfs) and are also
-injected at the one file-writing seam, ``_download._write_at``.
+injected through the download's ``Disk`` (``HookedDisk``), never by patching a module.
 """
 
 from __future__ import annotations
@@ -28,8 +28,14 @@ import attrs
 import pytest
 from aiohttp import web
 
-from siliconflow_video import DownloadError, DownloadPolicy, VideoURLExpiredError, _download
-from siliconflow_video._download import VideoFile, download_video
+from siliconflow_video import DownloadError, DownloadPolicy, VideoURLExpiredError
+from siliconflow_video._download import (
+    DiskWrites,
+    OSDisk,
+    PartWrite,
+    VideoFile,
+    download_video,
+)
 from siliconflow_video._logging import redact_url
 from siliconflow_video.testing import (
     ConnectionReset,
@@ -172,17 +178,41 @@ async def fetch(
     policy: DownloadPolicy = POLICY,
     rid: str = "rid",
     on_progress: Callable[[int, int | None], None] | None = None,
+    writes: DiskWrites | None = None,
 ) -> VideoFile:
+    """download_video as a client calls it; ``writes`` is a fresh client's unless given."""
     return await download_video(
         session,
         url,
         path,
         refresh_url=refresh,
         policy=policy,
+        writes=writes or DiskWrites(),
         request_id=rid,
         index=0,
         on_progress=on_progress,
     )
+
+
+class HookedDisk(OSDisk):
+    """The real disk, with ``before_write`` run before each write (it may sleep or raise)
+    and ``after_truncate`` after each truncation."""
+
+    def __init__(
+        self,
+        before_write: Callable[[PartWrite, list[bytes]], None] = lambda part, chunks: None,
+        after_truncate: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.before_write = before_write
+        self.after_truncate = after_truncate
+
+    def write_at(self, part: PartWrite, chunks: list[bytes]) -> None:
+        self.before_write(part, chunks)
+        super().write_at(part, chunks)
+
+    def truncate(self, fd: int) -> None:
+        super().truncate(fd)
+        self.after_truncate()
 
 
 # --- the plain path ------------------------------------------------------------------------
@@ -396,15 +426,15 @@ async def test_a_slow_disk_is_not_a_silent_host(
     fake: FakeSiliconFlow,
     session: aiohttp.ClientSession,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Waiting on a worker-thread write longer than read_timeout does not time the host out:
     one request brings the whole video."""
     rid = fake.add_job(videos=[SIZE])
-    spy_on_writes(monkeypatch, first_takes=0.6)
+    _, writes = spy_on_writes(first_takes=0.6)
     path = tmp_path / "v.mp4"
     policy = attrs.evolve(POLICY, read_timeout=0.2, max_loop_write=0)
-    result = await fetch(session, await status_url(session, fake, rid), path, policy=policy)
+    url = await status_url(session, fake, rid)
+    result = await fetch(session, url, path, policy=policy, writes=writes)
     assert_clean_success(result, path, fake.video_bytes(rid))
     assert_first_request_was_whole(fake, rid)
 
@@ -685,7 +715,6 @@ async def test_a_slow_start_over_neither_times_out_nor_leaves_a_hole(
     fake: FakeSiliconFlow,
     session: aiohttp.ClientSession,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A host that ignores Range makes the download start over; emptying .part takes longer
     than read_timeout. That is not the host's silence, and the next bytes go to byte 0:
@@ -696,16 +725,11 @@ async def test_a_slow_start_over_neither_times_out_nor_leaves_a_hole(
     part_of(path).write_bytes(fake.video_bytes(rid)[:100_000])
     meta_of(path).write_text(json.dumps({"etag": video.etag, "last_modified": None, "total": SIZE}))
     fake.add_fault("video", IgnoreRange())
-    real = _download._truncate
-
-    def slow_truncate(fd: int) -> None:
-        real(fd)
-        time.sleep(0.5)  # done, but the call has not returned yet
-
-    monkeypatch.setattr(_download, "_truncate", slow_truncate)
+    # Done, but the call has not returned yet:
+    writes = DiskWrites(disk=HookedDisk(after_truncate=lambda: time.sleep(0.5)))
     policy = attrs.evolve(POLICY, read_timeout=0.2)
     url = await status_url(session, fake, rid)
-    result = await fetch(session, url, path, rid=rid, policy=policy)
+    result = await fetch(session, url, path, rid=rid, policy=policy, writes=writes)
     assert_clean_success(result, path, fake.video_bytes(rid))
 
 
@@ -852,39 +876,36 @@ async def test_disk_full_from_the_write_seam(
     fake: FakeSiliconFlow,
     session: aiohttp.ClientSession,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """ENOSPC while writing becomes a DownloadError saying the disk is full, chained from
     the OSError, not retried, and nothing under the final name."""
     rid = fake.add_job(videos=[SIZE])
 
-    def full(part: Any, chunks: list[bytes]) -> None:
+    def full(part: PartWrite, chunks: list[bytes]) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(_download, "_write_at", full)
+    writes = DiskWrites(disk=HookedDisk(full))
     path = tmp_path / "v.mp4"
+    url = await status_url(session, fake, rid)
     with pytest.raises(DownloadError, match="disk full while writing") as info:
-        await fetch(session, await status_url(session, fake, rid), path, rid=rid)
+        await fetch(session, url, path, rid=rid, writes=writes)
     assert isinstance(info.value.__cause__, OSError)
     assert info.value.__cause__.errno == errno.ENOSPC
     assert len(fake.requests_for("video", rid)) == 1
     assert not path.exists()
 
 
-def spy_on_writes(monkeypatch: pytest.MonkeyPatch, *, first_takes: float = 0.0) -> list[bool]:
-    """Record, for each write to a .part, whether it ran on the event loop's thread; the
-    first write takes at least ``first_takes`` seconds."""
+def spy_on_writes(*, first_takes: float = 0.0, hold: float = 60.0) -> tuple[list[bool], DiskWrites]:
+    """A client's writes that record, for each write to a .part, whether it ran on the
+    event loop's thread; the first write takes at least ``first_takes`` seconds."""
     on_loop: list[bool] = []
-    real = _download._write_at
 
-    def spy(part: Any, chunks: list[bytes]) -> None:
+    def spy(part: PartWrite, chunks: list[bytes]) -> None:
         if not on_loop:
             time.sleep(first_takes)
         on_loop.append(threading.current_thread() is threading.main_thread())
-        real(part, chunks)
 
-    monkeypatch.setattr(_download, "_write_at", spy)
-    return on_loop
+    return on_loop, DiskWrites(disk=HookedDisk(spy), hold=hold)
 
 
 @pytest.mark.parametrize("hashed", [True, False], ids=["sha256", "no-sha256"])
@@ -895,7 +916,6 @@ async def test_where_writes_happen(
     fake: FakeSiliconFlow,
     session: aiohttp.ClientSession,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     hashed: bool,
     max_loop_write: float,
     on_the_loop: bool,
@@ -903,12 +923,11 @@ async def test_where_writes_happen(
     """Every piece is written (and hashed) from the event loop as it arrives; with
     max_loop_write=0, none is. (60 s: a budget no write on a busy test machine exceeds.)"""
     rid = fake.add_job(videos=[SIZE])
-    on_loop = spy_on_writes(monkeypatch)
+    on_loop, writes = spy_on_writes()
     path = tmp_path / "v.mp4"
     policy = attrs.evolve(POLICY, sha256=hashed, max_loop_write=max_loop_write)
-    result = await fetch(
-        session, await status_url(session, fake, rid), path, rid=rid, policy=policy
-    )
+    url = await status_url(session, fake, rid)
+    result = await fetch(session, url, path, rid=rid, policy=policy, writes=writes)
     assert_clean_success(result, path, fake.video_bytes(rid), hashed=hashed)
     assert on_loop
     assert all(where is on_the_loop for where in on_loop)
@@ -919,16 +938,17 @@ async def test_a_slow_write_moves_writing_to_worker_threads(
     fake: FakeSiliconFlow,
     session: aiohttp.ClientSession,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     hashed: bool,
 ) -> None:
     """One write slower than max_loop_write sends the rest of that download, and the next
-    downloads, through worker threads; the bytes (and the digest) stay exact."""
+    downloads of the same client, through worker threads; the bytes (and the digest) stay
+    exact."""
     first, second = fake.add_job(videos=[4 * MIB]), fake.add_job(videos=[SIZE])
-    on_loop = spy_on_writes(monkeypatch, first_takes=0.05)
+    on_loop, writes = spy_on_writes(first_takes=0.05)
     policy = attrs.evolve(POLICY, sha256=hashed, max_loop_write=0.01)
     path = tmp_path / "first.mp4"
-    result = await fetch(session, await status_url(session, fake, first), path, policy=policy)
+    url = await status_url(session, fake, first)
+    result = await fetch(session, url, path, policy=policy, writes=writes)
     assert_clean_success(result, path, fake.video_bytes(first), hashed=hashed)
     assert on_loop[0] is True
     assert len(on_loop) > 1
@@ -936,7 +956,8 @@ async def test_a_slow_write_moves_writing_to_worker_threads(
 
     on_loop.clear()
     path = tmp_path / "second.mp4"
-    result = await fetch(session, await status_url(session, fake, second), path, policy=policy)
+    url = await status_url(session, fake, second)
+    result = await fetch(session, url, path, policy=policy, writes=writes)
     assert_clean_success(result, path, fake.video_bytes(second), hashed=hashed)
     assert on_loop
     assert not any(on_loop)
@@ -946,30 +967,27 @@ async def test_a_slow_write_moves_other_running_downloads_too(
     fake: FakeSiliconFlow,
     session: aiohttp.ClientSession,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A slow write in one download sends the writes of downloads already running through
-    worker threads from then on, not only its own."""
+    """A slow write in one download sends the writes of the client's downloads already
+    running through worker threads from then on, not only its own."""
     ids = [fake.add_job(videos=[2 * MIB]) for _ in range(2)]
     fake.add_fault("video", SlowBody(bytes_per_second=8 * MIB), times=None)  # they overlap
     policy = attrs.evolve(POLICY, max_loop_write=0.01)
     urls = [await status_url(session, fake, rid) for rid in ids]
     writes: list[tuple[int, bool]] = []  # (descriptor, on the loop)
-    real = _download._write_at
     slow_done = threading.Event()
 
-    def spy(part: Any, chunks: list[bytes]) -> None:
+    def spy(part: PartWrite, chunks: list[bytes]) -> None:
         on_loop = threading.current_thread() is threading.main_thread()
         if writes and not slow_done.is_set():
             slow_done.set()  # the second write of all: slow, while both are running
             time.sleep(0.05)
         writes.append((part.fd, on_loop))
-        real(part, chunks)
 
-    monkeypatch.setattr(_download, "_write_at", spy)
+    client_writes = DiskWrites(disk=HookedDisk(spy))
     results = await asyncio.gather(
         *(
-            fetch(session, url, tmp_path / f"{i}.mp4", rid=rid, policy=policy)
+            fetch(session, url, tmp_path / f"{i}.mp4", rid=rid, policy=policy, writes=client_writes)
             for i, (rid, url) in enumerate(zip(ids, urls, strict=True))
         )
     )
@@ -988,17 +1006,16 @@ async def test_loop_writes_come_back_after_the_hold(
     fake: FakeSiliconFlow,
     session: aiohttp.ClientSession,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Once the hold after a slow write is over, a running download writes from the loop
     again, its thread writes finished first: the bytes and the digest stay exact."""
-    monkeypatch.setattr(_download._LoopWrites, "HOLD_BACK", 0.05)
     rid = fake.add_job(videos=[4 * MIB])
     fake.add_fault("video", SlowBody(bytes_per_second=16 * MIB))  # about 0.25 s
-    on_loop = spy_on_writes(monkeypatch, first_takes=0.02)
+    on_loop, writes = spy_on_writes(first_takes=0.02, hold=0.05)
     policy = attrs.evolve(POLICY, max_loop_write=0.01)
     path = tmp_path / "v.mp4"
-    result = await fetch(session, await status_url(session, fake, rid), path, policy=policy)
+    url = await status_url(session, fake, rid)
+    result = await fetch(session, url, path, policy=policy, writes=writes)
     assert_clean_success(result, path, fake.video_bytes(rid))
     assert on_loop[0] is True
     assert on_loop.count(False) > 0
@@ -1009,17 +1026,17 @@ async def test_no_permission_from_the_write_seam(
     fake: FakeSiliconFlow,
     session: aiohttp.ClientSession,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """EACCES injected at the write seam becomes "no permission to write in <folder>"."""
     rid = fake.add_job(videos=[SIZE])
 
-    def refused(part: Any, chunks: list[bytes]) -> None:
+    def refused(part: PartWrite, chunks: list[bytes]) -> None:
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(_download, "_write_at", refused)
+    writes = DiskWrites(disk=HookedDisk(refused))
+    url = await status_url(session, fake, rid)
     with pytest.raises(DownloadError, match=f"no permission to write in {tmp_path}"):
-        await fetch(session, await status_url(session, fake, rid), tmp_path / "v.mp4", rid=rid)
+        await fetch(session, url, tmp_path / "v.mp4", rid=rid, writes=writes)
 
 
 async def test_immutable_folder_is_a_clear_error(
@@ -1098,7 +1115,6 @@ async def test_cancel_during_a_disk_write_never_writes_twice(
     fake: FakeSiliconFlow,
     session: aiohttp.ClientSession,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A cancellation that lands while a buffer is being written leaves .part an exact
     prefix (the buffer is written once, not again on the way out), and the rerun is whole."""
@@ -1107,17 +1123,15 @@ async def test_cancel_during_a_disk_write_never_writes_twice(
     url = await status_url(session, fake, rid)
     path = tmp_path / "v.mp4"
     writing = threading.Event()
-    real_write = _download._write_at
 
-    def slow_write(part: Any, chunks: list[bytes]) -> None:
+    def slow_write(part: PartWrite, chunks: list[bytes]) -> None:
         writing.set()
         time.sleep(0.2)  # in the worker thread: the cancellation arrives now, mid-write
-        real_write(part, chunks)
 
-    monkeypatch.setattr(_download, "_write_at", slow_write)
+    writes = DiskWrites(disk=HookedDisk(slow_write))
     # Worker-thread writes of 64 KiB batches: many writes per video.
     policy = attrs.evolve(POLICY, max_loop_write=0)
-    task = asyncio.create_task(fetch(session, url, path, rid=rid, policy=policy))
+    task = asyncio.create_task(fetch(session, url, path, rid=rid, policy=policy, writes=writes))
     assert await asyncio.to_thread(writing.wait, 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -1126,7 +1140,6 @@ async def test_cancel_during_a_disk_write_never_writes_twice(
     assert 0 < len(kept) < size
     assert kept == fake.video_bytes(rid)[: len(kept)]
 
-    monkeypatch.setattr(_download, "_write_at", real_write)
     result = await fetch(session, url, path, rid=rid, policy=policy)
     assert path.read_bytes() == fake.video_bytes(rid)
     assert result.sha256 == fake.video_sha256(rid)

@@ -35,7 +35,7 @@ from siliconflow_video import (
     Status,
     VideoStatus,
 )
-from siliconflow_video._download import VideoFile, download_video
+from siliconflow_video._download import DiskWrites, VideoFile, download_video
 
 SIZE = 40_000
 VIDEO = random.Random("fuzz-headers").randbytes(SIZE)
@@ -292,6 +292,7 @@ async def fetch(url: str, path: Path) -> VideoFile:
             path,
             refresh_url=no_refresh,
             policy=POLICY,
+            writes=DiskWrites(),
             request_id="fuzz",
             index=0,
         )
