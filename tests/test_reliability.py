@@ -22,7 +22,6 @@ import gc
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -62,19 +61,23 @@ from siliconflow_video.testing import (
     server_error,
 )
 
-from .conftest import make_client
+from .conftest import immutable, make_client, small_tmpfs
 
 KEY = "sk-reliability-5d0c9e2a41b7"
 KIB = 1024
 MIB = 1024 * KIB
 LEFTOVER_SUFFIXES = (".part", ".part.json", ".part.json.tmp")
+#: The completion record kept beside each finished video: bookkeeping, not a video.
+RECORD_SUFFIX = ".complete.json"
 
 
 # --- helpers -------------------------------------------------------------------------------
 
 
 def final_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if not p.name.endswith(LEFTOVER_SUFFIXES))
+    return sorted(
+        p for p in folder.iterdir() if not p.name.endswith((*LEFTOVER_SUFFIXES, RECORD_SUFFIX))
+    )
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -710,28 +713,6 @@ def test_two_workers_on_overlapping_batches_share_one_folder(tmp_path: Path) -> 
 
 
 @contextlib.contextmanager
-def small_tmpfs(path: Path, *options: str) -> Iterator[Path | None]:
-    """A 1 MiB tmpfs at ``path``, or None where this machine cannot mount one."""
-    path.mkdir()
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", ",".join(("size=1m", *options)), "tmpfs", str(path)],
-            capture_output=True,
-            timeout=10,
-        )
-    except OSError:
-        yield None
-        return
-    if done.returncode != 0:
-        yield None
-        return
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False, timeout=10)
-
-
-@contextlib.contextmanager
 def unwritable_folder(tmp_path: Path) -> Iterator[Path]:
     """A folder this process may not write in, by whatever means this machine offers."""
     if os.geteuid() != 0:
@@ -746,13 +727,10 @@ def unwritable_folder(tmp_path: Path) -> Iterator[Path]:
             return
     folder = tmp_path / "immutable"
     folder.mkdir()
-    chattr = shutil.which("chattr")
-    if chattr is None or subprocess.run([chattr, "+i", str(folder)], timeout=10).returncode:
-        pytest.skip("running as root with neither a read-only tmpfs nor chattr +i available")
-    try:
+    with immutable(folder) as locked:
+        if not locked:
+            pytest.skip("running as root with neither a read-only tmpfs nor chattr +i available")
         yield folder
-    finally:
-        subprocess.run([chattr, "-i", str(folder)], check=True, timeout=10)
 
 
 class LimitedDisk(OSDisk):

@@ -2,12 +2,15 @@
 
 ``<name>.part`` holds the bytes received so far, locked (``fcntl.flock``) by the one process
 writing it. ``<name>.part.json`` (the sidecar) ties those bytes to the response they came
-from. On platforms without ``fcntl`` (Windows) the ``.part`` file is not locked.
+from. ``<name>.complete.json`` (the completion record) says that ``<name>`` is the complete
+video of one request id and index, and how long it is: only a file with such a record is
+ever reused. On platforms without ``fcntl`` (Windows) the ``.part`` file is not locked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import errno
 import hashlib
 import json
@@ -16,7 +19,7 @@ import stat
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import attrs
 
@@ -30,10 +33,16 @@ if TYPE_CHECKING:
     from hashlib import _Hash
 
 __all__ = [
+    "RECORDS",
+    "Completion",
+    "CompletionRecords",
     "Context",
+    "Final",
     "PartLock",
+    "SidecarRecords",
     "Validator",
     "disk_message",
+    "final_state",
     "hash_file",
     "lock_part",
     "make_folder",
@@ -164,6 +173,90 @@ def remove_leftovers(*paths: Path) -> None:
         p.with_name(p.name + ".tmp").unlink(missing_ok=True)
 
 
+# --- the completion record ---------------------------------------------------------------
+
+
+@attrs.frozen
+class Completion:
+    """What the library records when it has put a video under its final name: whose video
+    it is, how long, and the response it came from."""
+
+    request_id: str
+    index: int
+    size: int
+    etag: str | None
+    last_modified: str | None
+
+
+class CompletionRecords(Protocol):
+    """Where completion records are kept (beside each file today; in the journal later)."""
+
+    def load(self, path: Path) -> Completion | None:
+        """The record for the file at ``path``; None when there is none (or it is torn)."""
+
+    def save(self, path: Path, completion: Completion) -> None:
+        """Record ``completion`` for the file at ``path``, atomically."""
+
+
+class SidecarRecords:
+    """Each record in ``<name>.complete.json`` beside the file it describes."""
+
+    def location(self, path: Path) -> Path:
+        return path.with_name(path.name + ".complete.json")
+
+    def load(self, path: Path) -> Completion | None:
+        try:
+            raw = json.loads(self.location(path).read_text(encoding="utf-8"))
+            found = Completion(
+                raw["request_id"], raw["index"], raw["size"], raw["etag"], raw["last_modified"]
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        texts = (found.etag, found.last_modified)
+        ok = (
+            isinstance(found.request_id, str)
+            and all(type(n) is int and n >= 0 for n in (found.index, found.size))
+            and all(v is None or isinstance(v, str) for v in texts)
+        )
+        return found if ok else None
+
+    def save(self, path: Path, completion: Completion) -> None:
+        record = self.location(path)
+        tmp = record.with_name(record.name + ".tmp")
+        tmp.write_text(json.dumps(attrs.asdict(completion)), encoding="utf-8")
+        os.replace(tmp, record)
+
+
+#: The records every download uses.
+RECORDS: CompletionRecords = SidecarRecords()
+
+
+class Final(enum.Enum):
+    """What is under a video's final name."""
+
+    NOTHING = "nothing"
+    COMPLETE = "complete"  #: our complete file, as recorded: reuse it
+    STALE = "stale"  #: ours, but no longer its recorded size: fetch it again
+    FOREIGN = "foreign"  #: a regular file we did not record as this video
+    NOT_A_FILE = "not a file"  #: a folder, a dangling link, a device...
+
+
+def final_state(
+    path: Path, request_id: str, index: int, records: CompletionRecords = RECORDS
+) -> tuple[Final, int]:
+    """What is at ``path`` for video ``index`` of ``request_id``, and its size (0 when
+    there is no regular file). Runs in a worker thread."""
+    size = size_of(path)
+    if size is None:
+        return Final.NOTHING, 0
+    if size == "other":
+        return Final.NOT_A_FILE, 0
+    record = records.load(path)
+    if record is None or (record.request_id, record.index) != (request_id, index):
+        return Final.FOREIGN, size
+    return (Final.COMPLETE if record.size == size else Final.STALE), size
+
+
 # --- the lock on the .part file ------------------------------------------------------------
 
 
@@ -180,12 +273,12 @@ class PartLock:
             os.close(self.fd)
 
 
-async def lock_part(ctx: Context) -> PartLock | None:
-    """The ``.part`` file, opened and exclusively locked, or None when the final file
-    appeared while waiting (another process completed it)."""
+async def lock_part(ctx: Context, finished: Callable[[], bool]) -> PartLock | None:
+    """The ``.part`` file, opened and exclusively locked, or None when ``finished()`` (run
+    in a worker thread) says the final file is there (another process completed it)."""
     delay = _LOCK_POLL_FIRST
     while True:
-        if await asyncio.to_thread(os.path.lexists, ctx.path):
+        if await asyncio.to_thread(finished):
             return None
         try:
             fd = os.open(ctx.part, _PART_FLAGS, 0o644)

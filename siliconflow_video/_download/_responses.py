@@ -30,6 +30,9 @@ _NUMBER = r"([0-9]{1,20})"
 _CONTENT_RANGE = re.compile(rf"bytes\s+{_NUMBER}-{_NUMBER}/{_NUMBER}")
 _UNSATISFIED_RANGE = re.compile(rf"bytes\s+\*/{_NUMBER}")
 _XML_FIELD = re.compile(r"<(Code|Message)>([^<]{0,200})</\1>")
+_HTML_TITLE = re.compile(r"<(title|h1)[^>]*>([^<]{1,200})</\1>", re.IGNORECASE)
+#: Longest error detail quoted in a message: one short line, never a whole page.
+_DETAIL_LIMIT = 120
 
 
 class Answer(enum.Enum):
@@ -114,6 +117,13 @@ def error_detail(body: bytes) -> tuple[str, bool]:
     fields = dict(_XML_FIELD.findall(text))
     if fields:
         detail = ": ".join(fields[k].strip() for k in ("Code", "Message") if k in fields)
+    elif "<html" in text.lower() or "<!doctype" in text.lower():
+        # An error page (a gateway's, a CDN's): its title says it all, the markup nothing.
+        title = _HTML_TITLE.search(text)
+        detail = title.group(2) if title else "an HTML error page"
     else:
-        detail = " ".join(text.split())[:200]
+        detail = text
+    detail = " ".join(detail.split())
+    if len(detail) > _DETAIL_LIMIT:
+        detail = detail[: _DETAIL_LIMIT - 3].rstrip() + "..."
     return scrub_urls(detail) or "no body", says_expired

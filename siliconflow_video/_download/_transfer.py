@@ -1,9 +1,15 @@
 """One video URL → one file: the lock, the tries, the URL refreshes, the rename.
 
 Transient failures (dropped connections, short bodies, read timeouts, 429, 5xx) are retried
-with exponential backoff and full jitter, each try resuming from the bytes on disk. An answer
+with exponential backoff and full jitter, each try resuming from the bytes on disk; a
+``Retry-After`` on a 429 or 503 is waited out, up to ``policy.max_retry_after``. An answer
 that looks like an expired URL (403, 410, or a 400 that says "expired") is answered by asking
 ``refresh_url()`` for a fresh URL, at most ``policy.max_url_refreshes`` times.
+
+A body the host encoded anyway (``Content-Encoding: gzip`` or ``deflate``, despite
+``Accept-Encoding: identity``) is decoded on the way to disk, and its length checked against
+the encoded length announced. Its encoded bytes cannot be continued with ``Range``: a broken
+one starts over. Any other encoding is an error, never a file of encoded bytes.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -23,18 +30,22 @@ import backoff
 import yarl
 
 from .._config import DownloadPolicy
-from .._exceptions import VideoURLExpiredError
+from .._exceptions import ForeignFileError, VideoURLExpiredError
+from .._http import backoff_delay, parse_retry_after
 from .._logging import logger, redact_url, scrub_urls
 from ._partfile import (
+    RECORDS,
+    Completion,
     Context,
+    Final,
     PartLock,
     Validator,
+    final_state,
     hash_file,
     lock_part,
     make_folder,
     read_sidecar,
     remove_leftovers,
-    size_of,
     write_sidecar,
 )
 from ._responses import (
@@ -98,18 +109,35 @@ async def download_video(
     if done is not None:
         return done
     await ctx.disk("create the folder", path.parent, make_folder, path.parent)
-    lock = await lock_part(ctx)
+    lock = await lock_part(ctx, lambda: _final(ctx)[0] is Final.COMPLETE)
     if lock is None:  # another process completed it while we waited for its lock
         return await _reuse_or_fail(ctx, policy, on_progress)
     try:
-        if await asyncio.to_thread(os.path.lexists, path):
+        done = await _reuse_complete(ctx, policy, on_progress)
+        if done is not None:
             # Completed by a holder we never waited for; what is in .part is a leftover.
             await ctx.disk("remove", ctx.part, remove_leftovers, ctx.part, ctx.meta)
-            return await _reuse_or_fail(ctx, policy, on_progress)
+            return done
         transfer = _Transfer(session, ctx, lock, refresh_url, policy, writes, on_progress)
-        return await transfer.run()
+        try:
+            return await transfer.run()
+        except BaseException:
+            _drop_if_empty(ctx, lock)
+            raise
     finally:
         lock.release()
+
+
+def _final(ctx: Context) -> tuple[Final, int]:
+    return final_state(ctx.path, ctx.request_id, ctx.index)
+
+
+def _drop_if_empty(ctx: Context, lock: PartLock) -> None:
+    """Remove a ``.part`` (and its sidecar) that nothing ever arrived in: there is nothing
+    to resume. Done in place, not in a thread: this also runs on a cancellation."""
+    with contextlib.suppress(OSError):
+        if os.fstat(lock.fd).st_size == 0:
+            remove_leftovers(ctx.part, ctx.meta)
 
 
 # --- reusing a finished file ---------------------------------------------------------------
@@ -120,14 +148,16 @@ async def _reuse_complete(
     policy: DownloadPolicy,
     on_progress: Callable[[int, int | None], None] | None,
 ) -> VideoFile | None:
-    """The file already at the final path (hashed if the policy asks); None when there is
-    none."""
-    found = await asyncio.to_thread(size_of, ctx.path)
-    if found is None:
+    """Our complete file already at the final path (hashed if the policy asks); None when
+    there is none, or ours no longer has its recorded size (it is fetched again). Anything
+    else under that name is an error, and is left as it is."""
+    state, size = await asyncio.to_thread(_final, ctx)
+    if state in (Final.NOTHING, Final.STALE):
+        if state is Final.STALE:
+            logger.debug("%s is no longer its recorded size; fetching it again", ctx.path)
         return None
-    if found == "other":
-        raise ctx.error(f"{ctx.path} exists and is not a regular file; move it away")
-    size, digest = found, None
+    _refuse(ctx, state)
+    digest = None
     if policy.sha256:
         size, hasher = await ctx.disk(
             "read", ctx.path, hash_file, ctx.path, None, policy.write_buffer
@@ -136,6 +166,19 @@ async def _reuse_complete(
     if on_progress is not None:
         on_progress(size, size)
     return VideoFile(path=ctx.path, size=size, sha256=digest, reused=True, index=ctx.index)
+
+
+def _refuse(ctx: Context, state: Final) -> None:
+    """Raise unless ``state`` is our complete file (or nothing)."""
+    if state is Final.NOT_A_FILE:
+        raise ctx.error(f"{ctx.path} exists and is not a regular file; move it away")
+    if state is Final.FOREIGN:
+        raise ctx.error(
+            f"{ctx.path} already exists and was not downloaded by siliconflow-video as "
+            f"video {ctx.index} of this job; it is left as it is. Move it away (or choose "
+            "another naming) to download the video",
+            cls=ForeignFileError,
+        )
 
 
 async def _reuse_or_fail(
@@ -153,11 +196,29 @@ async def _reuse_or_fail(
 
 
 class _Retry(Exception):
-    """A failure worth another try; the bytes on disk are kept and the next try resumes."""
+    """A failure worth another try; the bytes on disk are kept and the next try resumes,
+    after at least ``retry_after`` seconds when the host asked for that."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
+
+
+def _retry_waits(policy: DownloadPolicy) -> Generator[float, BaseException | None, None]:
+    """A ``backoff`` wait generator: full-jitter exponential delays, or the host's
+    ``Retry-After`` (capped by the policy) when that is longer."""
+    exc = yield 0.0  # primed by backoff with None
+    attempt = 0
+    while True:
+        attempt += 1
+        delay = backoff_delay(attempt, policy.base_delay, policy.max_delay)
+        retry_after = exc.retry_after if isinstance(exc, _Retry) else None
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, policy.max_retry_after))
+        exc = yield delay
 
 
 class _Expired(Exception):
@@ -254,6 +315,8 @@ class _Transfer:
         )
         self.refreshes = 0
         self.same_url_retried = False
+        # Bytes of an encoded body in .part: they cannot be continued with Range.
+        self.decoded_prefix = False
 
     def _report(self, received: int) -> None:
         assert self.on_progress is not None
@@ -267,12 +330,10 @@ class _Transfer:
         # The descriptor carries the lock and is closed by our caller.
         await self._load_partial()
         tries = backoff.on_exception(
-            backoff.expo,
+            lambda: _retry_waits(self.policy),
             _Retry,
             max_tries=self.policy.max_attempts,
-            factor=self.policy.base_delay,
-            max_value=self.policy.max_delay,
-            jitter=backoff.full_jitter,
+            jitter=None,  # in _retry_waits, where it cannot shorten a Retry-After
             on_backoff=self._log_retry,
             logger=None,
         )(self._attempt)
@@ -330,6 +391,20 @@ class _Transfer:
         part, path = self.ctx.part, self.ctx.path
         if self.policy.fsync:
             await self.ctx.disk("flush", part, self.disk.fsync, self.fd)
+        # A file that appeared under the final name meanwhile is not ours to replace.
+        state, _ = await asyncio.to_thread(_final, self.ctx)
+        _refuse(self.ctx, state)
+        # Recorded before the rename: a crash in between leaves a complete .part (finished
+        # on the next run), never a complete file without its record.
+        validator = self.validator or Validator(None, None, None)
+        completion = Completion(
+            self.ctx.request_id,
+            self.ctx.index,
+            self.done,
+            validator.etag,
+            validator.last_modified,
+        )
+        await self.ctx.disk("write", path, RECORDS.save, path, completion)
         if sys.platform == "win32":
             # Windows cannot rename an open file; there is no lock to hold there anyway.
             self.lock.release()
@@ -354,6 +429,9 @@ class _Transfer:
 
     async def _attempt(self) -> None:
         """One GET; returns once .part holds the whole video."""
+        if self.decoded_prefix:
+            await self._start_over()
+            self.decoded_prefix = False
         headers = {"Accept-Encoding": "identity"}
         if self.done:
             headers["Range"] = f"bytes={self.done}-"
@@ -416,7 +494,12 @@ class _Transfer:
                 status_code=status,
             )
         elif answer is Answer.RETRY:
-            raise _Retry(f"the video host answered HTTP {status}", status=status)
+            retry_after = (
+                parse_retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
+            )
+            raise _Retry(
+                f"the video host answered HTTP {status}", status=status, retry_after=retry_after
+            )
         else:
             detail, _ = error_detail(await _error_body(resp))
             raise self.ctx.error(
@@ -435,11 +518,14 @@ class _Transfer:
             )
             await self._start_over()
         total = content_length(resp.headers)
-        await self._remember(Validator.from_headers(resp.headers, total))
+        if _encoding(resp) is None:  # an encoded body cannot be resumed: no sidecar
+            await self._remember(Validator.from_headers(resp.headers, total))
         await self._stream(resp, total)
 
     async def _on_partial_body(self, resp: aiohttp.ClientResponse) -> None:
         problem = range_problem(resp.headers, self.done, self.validator)
+        if problem is None and _encoding(resp) is not None:
+            problem = "the host encoded the range it sent (Content-Encoding), so it cannot continue"
         if problem is not None:
             await self._start_over()
             raise _Retry(f"{problem}; starting over from byte 0")
@@ -460,16 +546,35 @@ class _Transfer:
 
     async def _stream(self, resp: aiohttp.ClientResponse, total: int | None) -> None:
         """Copy the body to .part, then check its length against the announced one."""
-        self.total = total
+        encoding = _encoding(resp)
         # iter_any: the pieces as they came off the socket (joined only when several wait,
         # which is rare), not regrouped into fixed sizes: iter_chunked's join copied every
         # byte once more.
-        await self.writer.copy(resp.content.iter_any())
-        if total is not None and self.done < total:
-            raise _Retry(f"the body ended after {self.done} of {total} bytes")
-        if total is not None and self.done > total:
+        body = resp.content.iter_any()
+        if encoding is None:
+            self.total = total
+            await self.writer.copy(body)
+            received = self.done
+        else:
+            # The announced length is the encoded one; how long the video is, nobody said.
+            self.total = None
+            decoder = _Decoder(encoding, self.ctx, self.policy.write_buffer)
+            try:
+                await self.writer.copy(decoder.decode(body))
+            except zlib.error as exc:
+                await self._start_over()
+                raise _Retry(f"the {encoding} body is corrupt ({exc}); starting over") from None
+            finally:
+                self.decoded_prefix = self.done > 0
+            received = decoder.received
+            if total is None and not decoder.finished:
+                raise _Retry(f"the {encoding} body ended before its end")
+        if total is not None and received < total:
+            raise _Retry(f"the body ended after {received} of {total} bytes")
+        if total is not None and received > total:
             await self._start_over()
             raise _Retry(f"the host sent more than the {total} bytes it announced")
+        self.decoded_prefix = False
 
     # -- expiry and retries
 
@@ -544,6 +649,50 @@ class _Transfer:
             details.get("wait", 0.0),
             self.done,
         )
+
+
+def _encoding(resp: aiohttp.ClientResponse) -> str | None:
+    """The body's Content-Encoding; None when it is the bytes themselves."""
+    value = resp.headers.get("Content-Encoding", "").strip().lower()
+    return None if value in ("", "identity") else value
+
+
+#: zlib's wbits for each encoding it can undo: 31 = gzip's header, 15 = zlib's (deflate).
+_WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
+
+
+class _Decoder:
+    """Undoes a Content-Encoding while the body streams, counting the encoded bytes (what
+    Content-Length announced), each output at most ``limit`` bytes so memory stays flat
+    whatever the compression ratio."""
+
+    def __init__(self, encoding: str, ctx: Context, limit: int) -> None:
+        if encoding not in _WBITS:
+            raise ctx.error(
+                f"the video host sent the video in the {encoding!r} encoding, which cannot "
+                "be decoded here (only gzip and deflate can); it was asked for the plain "
+                "bytes (Accept-Encoding: identity)"
+            )
+        self.zlib = zlib.decompressobj(wbits=_WBITS[encoding])
+        self.limit = limit
+        self.received = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.zlib.eof
+
+    async def decode(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            self.received += len(chunk)
+            data = chunk
+            while data and not self.zlib.eof:
+                out = self.zlib.decompress(data, self.limit)
+                data = self.zlib.unconsumed_tail
+                if out:
+                    yield out
+        rest = self.zlib.flush()
+        if rest:
+            yield rest
 
 
 async def _error_body(resp: aiohttp.ClientResponse) -> bytes:
