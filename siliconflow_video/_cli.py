@@ -35,7 +35,7 @@ from ._config import (
     DownloadPolicy,
     resolve_base_url,
 )
-from ._download import _disk_message
+from ._download import disk_message as _disk_message
 from ._exceptions import (
     APIConnectionError,
     APIStatusError,

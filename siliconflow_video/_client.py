@@ -26,7 +26,7 @@ from ._config import (
     resolve_api_key,
     resolve_base_url,
 )
-from ._download import download_video
+from ._download import DiskWrites, download_video
 from ._exceptions import (
     APIStatusError,
     ConfigurationError,
@@ -184,6 +184,7 @@ class AsyncClient:
         self._owns_download_session = video_session is None
         # One cap for every call on this client: a FastAPI app's many requests share it.
         self._download_slots = asyncio.Semaphore(max_concurrent_downloads)
+        self._disk_writes = DiskWrites()  # shared by this client's downloads, no one else's
         self._governor = RateGovernor()
         self._transport: APITransport | None = None
         self._poller = Poller(
@@ -587,6 +588,7 @@ class _BatchPort:
                 path,
                 refresh_url=refresh_url,
                 policy=client.download_policy,
+                writes=client._disk_writes,
                 request_id=request_id,
                 index=index,
                 on_progress=on_progress,

@@ -95,6 +95,9 @@ class DownloadPolicy:
     read_timeout: float = attrs.field(default=60.0, validator=_positive)
     #: How many times an expired URL is exchanged for a fresh one per video.
     max_url_refreshes: int = attrs.field(default=3, validator=_not_negative)
+    #: Longest wait a video host's ``Retry-After`` (on 429 and 503) may impose on one
+    #: retry, in seconds: a longer one is cut to this.
+    max_retry_after: float = attrs.field(default=120.0, validator=_positive)
     #: fsync each file before its rename, so it survives a power cut, not only a crash.
     fsync: bool = False
     #: Longest a disk write (with its hashing) may hold the event loop, in seconds. Bytes

@@ -25,6 +25,8 @@ failed on SiliconFlow's side, and a *download* that failed on the way to disk.
     ├── JobFailedError                      the job ended "Failed": not an API failure
     ├── WaitTimeoutError                    (also TimeoutError) wait(timeout=...) ran out
     ├── DownloadError                       a video could not be brought to disk
+    │   ├── ForeignFileError                (also FileExistsError) its name holds a file
+    │   │                                   the library did not record as this video
     │   └── VideoURLExpiredError            the URL expired and no fresh one came back
     └── JournalError                        the journal cannot record or read something
         ├── JournalUnavailableError         (also ValueError) unknown backend, or not built yet
@@ -58,6 +60,7 @@ __all__ = [
     "BadRequestError",
     "ConfigurationError",
     "DownloadError",
+    "ForeignFileError",
     "GatewayTimeoutError",
     "JobFailedError",
     "MalformedResponseError",
@@ -285,6 +288,13 @@ class DownloadError(SiliconFlowError):
         self.url = url
         self.path = path
         self.status_code = status_code
+
+
+class ForeignFileError(DownloadError, FileExistsError):
+    """The video's file name (``path``) already holds a file that this library did not
+    record as the complete video of this request id and index: a file of your own, another
+    job's, or one from before records were kept. It is left as it is and nothing is
+    downloaded; move it away (or choose another ``naming``) to download the video."""
 
 
 class VideoURLExpiredError(DownloadError):

@@ -24,9 +24,11 @@ MAX_STEM = 120
 #: Longest whole file name in UTF-8 bytes, so "<name>.part.json.tmp" still fits in 255.
 MAX_NAME_BYTES = 200
 
-#: What SiliconFlow's ids look like (uuid-like). Such ids are used as they are. No "_":
-#: every changed stem contains one, so changed and unchanged stems can never coincide.
-_ORDINARY_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9-]{{0,{MAX_STEM - 1}}}")
+#: What SiliconFlow's ids look like (lowercase, uuid-like). Such ids are used as they are.
+#: No capitals: on a case-insensitive file system (macOS, Windows) "Job-1" and "job-1" name
+#: one file, so an id with capitals gets the hash of its exact spelling. No "_": every
+#: changed stem contains one, so changed and unchanged stems can never coincide.
+_ORDINARY_ID = re.compile(rf"[a-z0-9][a-z0-9-]{{0,{MAX_STEM - 1}}}")
 #: Characters kept when an id has to be cleaned; everything else becomes "_". Dots go too:
 #: they would let "con.x" keep a reserved device name in front of its first dot.
 _UNSAFE_STEM_CHARS = re.compile(r"[^A-Za-z0-9-]")
@@ -55,9 +57,9 @@ _BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 def safe_stem(request_id: str) -> str:
     """A non-empty, non-hidden, non-reserved file-name stem made only of [A-Za-z0-9._-],
-    at most 120 characters. Identity for ordinary ids; otherwise characters are replaced by
-    '_' and an 8-hex-digit hash of the original id is appended so that two different ids
-    never map to the same stem."""
+    at most 120 characters. Identity for ordinary (lowercase) ids; otherwise characters are
+    replaced by '_' and an 8-hex-digit hash of the original id is appended so that two
+    different ids never map to the same stem, not even one that differs only in case."""
     if _ORDINARY_ID.fullmatch(request_id) and not _is_reserved(request_id):
         return request_id
     # "surrogatepass" so that any str hashes, and ids differing only in a lone surrogate

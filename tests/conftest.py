@@ -1,12 +1,18 @@
-"""Shared fixtures: a fake SiliconFlow on loopback and a client with fast policies."""
+"""Shared fixtures: a fake SiliconFlow on loopback, a client with fast policies, the
+video-host session as the client builds it, and the real disk faults this machine allows."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import aiohttp
 import pytest
 
-from siliconflow_video import AsyncClient, DownloadPolicy, RetryPolicy, _download
+from siliconflow_video import AsyncClient, DownloadPolicy, RetryPolicy
 from siliconflow_video.testing import FakeSiliconFlow
 
 #: Retries that keep their shape (backoff, jitter, Retry-After) but take milliseconds.
@@ -26,13 +32,10 @@ def make_client(fake: FakeSiliconFlow, **options: object) -> AsyncClient:
     return AsyncClient(fake.api_key, fake.base_url, **settings)  # type: ignore[arg-type]
 
 
-@pytest.fixture(autouse=True)
-def loop_writes(monkeypatch: pytest.MonkeyPatch) -> _download._LoopWrites:
-    """A fresh process-wide loop-write state per test: no earlier test's slow disk write
-    carries over and sends this test's writes to worker threads."""
-    state = _download._LoopWrites()
-    monkeypatch.setattr(_download, "_LOOP_WRITES", state)
-    return state
+def video_session() -> aiohttp.ClientSession:
+    """A session for the video host set up as ``AsyncClient`` sets up its own: no
+    Authorization, and no decompression (the bytes on disk are the bytes served)."""
+    return aiohttp.ClientSession(auto_decompress=False, raise_for_status=False)
 
 
 @pytest.fixture
@@ -45,3 +48,47 @@ async def fake() -> AsyncIterator[FakeSiliconFlow]:
 async def client(fake: FakeSiliconFlow) -> AsyncIterator[AsyncClient]:
     async with make_client(fake) as c:
         yield c
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """The video-host session, as the client builds it (see ``video_session``)."""
+    async with video_session() as s:
+        yield s
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, *options: str) -> Iterator[Path | None]:
+    """A 1 MiB tmpfs at ``path`` (with extra mount ``options``), or None where this machine
+    cannot mount one."""
+    path.mkdir()
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", ",".join(("size=1m", *options)), "tmpfs", str(path)],
+            capture_output=True,
+            timeout=10,
+        )
+    except OSError:
+        yield None
+        return
+    if done.returncode != 0:
+        yield None
+        return
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, timeout=10)
+
+
+@contextlib.contextmanager
+def immutable(folder: Path) -> Iterator[bool]:
+    """``chattr +i`` on ``folder`` (which stops root too) for the block; False where this
+    machine or file system cannot do it."""
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(folder)], timeout=10).returncode:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        subprocess.run([chattr, "-i", str(folder)], check=True, timeout=10)

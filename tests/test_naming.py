@@ -6,10 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from siliconflow_video import UnsafeFileNameError
+from siliconflow_video import AsyncClient, UnsafeFileNameError
 from siliconflow_video._naming import (
     MAX_NAME_BYTES,
     MAX_STEM,
@@ -17,6 +17,7 @@ from siliconflow_video._naming import (
     safe_stem,
     target_path,
 )
+from siliconflow_video.testing import FakeSiliconFlow
 
 DEST = Path("/srv/videos/out")
 URL = "https://bucket.oss-cn-shanghai.aliyuncs.com/v/abc.mp4?Expires=1&Signature=x"
@@ -141,15 +142,48 @@ def test_stem_shape(request_id: str) -> None:
         "8a1c2f60-5b7e-4e8a-9c3d-0f1e2d3c4b5a",
         "4e2a8a5e0f9d4b7c8e1f2a3b4c5d6e7f",
         "abc-123",
-        "A" * MAX_STEM,
-        "CONSOLE",
+        "a" * MAX_STEM,
+        "console",
         "com10",
     ],
 )
 def test_ordinary_ids_pass_unchanged(request_id: str) -> None:
-    """SiliconFlow's uuid-like ids ([A-Za-z0-9-]) are used as they are."""
+    """SiliconFlow's uuid-like ids ([a-z0-9-]) are used as they are."""
     assert safe_stem(request_id) == request_id
     assert default_name(request_id, 2, URL) == f"{request_id}_2.mp4"
+
+
+@given(st.text(), st.text())
+@example("Job-1", "job-1")
+@settings(max_examples=500)
+def test_distinct_ids_give_names_apart_on_case_insensitive_file_systems(a: str, b: str) -> None:
+    """Two different requestIds never give default names that a case-insensitive file
+    system (macOS, Windows) would take for one."""
+    if a != b:
+        assert default_name(a, 0, URL).casefold() != default_name(b, 0, URL).casefold()
+
+
+@pytest.mark.parametrize(("a", "b"), [("Job-1", "job-1"), ("ABC", "abc"), ("ABC-1", "abc-1")])
+def test_ids_that_differ_only_in_case_get_different_names(a: str, b: str) -> None:
+    """``Job-1`` and ``job-1`` are two files even where case does not count; the
+    all-lowercase id keeps its name."""
+    assert default_name(a, 0, URL).casefold() != default_name(b, 0, URL).casefold()
+    assert default_name(b, 0, URL) == f"{b}_0.mp4"
+
+
+async def test_ids_that_differ_only_in_case_both_download(
+    fake: FakeSiliconFlow, client: AsyncClient, tmp_path: Path
+) -> None:
+    """Two jobs whose ids differ only in case, into one folder: both succeed, each with its
+    own file holding its own video."""
+    upper = fake.add_job("Job-1", videos=[1000])
+    lower = fake.add_job("job-1", videos=[2000])
+    outcomes = await client.wait_and_download([upper, lower], tmp_path)
+    assert [o.ok for o in outcomes] == [True, True], [o.error for o in outcomes]
+    for outcome in outcomes:
+        (video,) = outcome.files
+        assert video.path.read_bytes() == fake.video_bytes(outcome.request_id)
+    assert outcomes[0].paths[0].name.casefold() != outcomes[1].paths[0].name.casefold()
 
 
 @pytest.mark.parametrize("request_id", NASTY_IDS)

@@ -22,7 +22,6 @@ import gc
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -44,8 +43,8 @@ from siliconflow_video import (
     EventKind,
     ProgressEvent,
     RetryPolicy,
-    _download,
 )
+from siliconflow_video._download import DiskWrites, OSDisk, PartWrite
 from siliconflow_video._pacing import RateGovernor
 from siliconflow_video.testing import (
     ConnectionReset,
@@ -62,19 +61,23 @@ from siliconflow_video.testing import (
     server_error,
 )
 
-from .conftest import make_client
+from .conftest import immutable, make_client, small_tmpfs
 
 KEY = "sk-reliability-5d0c9e2a41b7"
 KIB = 1024
 MIB = 1024 * KIB
 LEFTOVER_SUFFIXES = (".part", ".part.json", ".part.json.tmp")
+#: The completion record kept beside each finished video: bookkeeping, not a video.
+RECORD_SUFFIX = ".complete.json"
 
 
 # --- helpers -------------------------------------------------------------------------------
 
 
 def final_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if not p.name.endswith(LEFTOVER_SUFFIXES))
+    return sorted(
+        p for p in folder.iterdir() if not p.name.endswith((*LEFTOVER_SUFFIXES, RECORD_SUFFIX))
+    )
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -710,28 +713,6 @@ def test_two_workers_on_overlapping_batches_share_one_folder(tmp_path: Path) -> 
 
 
 @contextlib.contextmanager
-def small_tmpfs(path: Path, *options: str) -> Iterator[Path | None]:
-    """A 1 MiB tmpfs at ``path``, or None where this machine cannot mount one."""
-    path.mkdir()
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", ",".join(("size=1m", *options)), "tmpfs", str(path)],
-            capture_output=True,
-            timeout=10,
-        )
-    except OSError:
-        yield None
-        return
-    if done.returncode != 0:
-        yield None
-        return
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False, timeout=10)
-
-
-@contextlib.contextmanager
 def unwritable_folder(tmp_path: Path) -> Iterator[Path]:
     """A folder this process may not write in, by whatever means this machine offers."""
     if os.geteuid() != 0:
@@ -746,33 +727,29 @@ def unwritable_folder(tmp_path: Path) -> Iterator[Path]:
             return
     folder = tmp_path / "immutable"
     folder.mkdir()
-    chattr = shutil.which("chattr")
-    if chattr is None or subprocess.run([chattr, "+i", str(folder)], timeout=10).returncode:
-        pytest.skip("running as root with neither a read-only tmpfs nor chattr +i available")
-    try:
+    with immutable(folder) as locked:
+        if not locked:
+            pytest.skip("running as root with neither a read-only tmpfs nor chattr +i available")
         yield folder
-    finally:
-        subprocess.run([chattr, "-i", str(folder)], check=True, timeout=10)
 
 
-def limit_disk(monkeypatch: pytest.MonkeyPatch, capacity: int) -> None:
+class LimitedDisk(OSDisk):
     """Where no tmpfs can be mounted: a disk of ``capacity`` bytes, enforced at the one
-    seam where the downloader writes video bytes."""
-    real = _download._write_at
-    left = [capacity]
+    call through which the downloader writes video bytes."""
 
-    def limited(part: Any, chunks: list[bytes]) -> None:
+    def __init__(self, capacity: int) -> None:
+        self.left = capacity
+
+    def write_at(self, part: PartWrite, chunks: list[bytes]) -> None:
         size = sum(map(len, chunks))
-        if size > left[0]:
+        if size > self.left:
             raise OSError(errno.ENOSPC, "No space left on device")
-        left[0] -= size
-        real(part, chunks)
-
-    monkeypatch.setattr(_download, "_write_at", limited)
+        self.left -= size
+        super().write_at(part, chunks)
 
 
 async def test_full_disk_fails_only_the_id_that_does_not_fit(
-    fake: FakeSiliconFlow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake: FakeSiliconFlow, tmp_path: Path
 ) -> None:
     """On a 1 MiB disk, the ids that fit are downloaded, and the one that does not gets a
     DownloadError of its own that says the disk is full; nothing half-written is under its
@@ -782,9 +759,9 @@ async def test_full_disk_fails_only_the_id_that_does_not_fit(
     big = fake.add_job(run_seconds=0.6, videos=[2 * MIB])  # succeeds after the small ones
     with small_tmpfs(tmp_path / "disk") as mounted:
         dest = mounted or tmp_path / "disk"
-        if mounted is None:
-            limit_disk(monkeypatch, 1 * MIB)
         async with make_client(fake) as client:
+            if mounted is None:
+                client._disk_writes = DiskWrites(disk=LimitedDisk(1 * MIB))
             outcomes = await client.wait_and_download([big, *small, failed], dest)
         by_id = {o.request_id: o for o in outcomes}
         for rid in small:
@@ -830,16 +807,22 @@ CLI_RUNNER = textwrap.dedent(
     """
     import errno, os, sys
     capacity = os.environ.get("TEST_DISK_CAPACITY")
-    if capacity:  # no tmpfs on this machine: the same limit, at the write seam
-        from siliconflow_video import _download
-        real, left = _download._write_at, [int(capacity)]
-        def limited(part, chunks):
-            size = sum(map(len, chunks))
-            if size > left[0]:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            left[0] -= size
-            real(part, chunks)
-        _download._write_at = limited
+    if capacity:  # no tmpfs on this machine: the same limit, on the client's disk
+        from siliconflow_video import _client
+        from siliconflow_video._download import DiskWrites, OSDisk
+        class LimitedDisk(OSDisk):
+            left = int(capacity)
+            def write_at(self, part, chunks):
+                size = sum(map(len, chunks))
+                if size > self.left:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                self.left -= size
+                super().write_at(part, chunks)
+        disk, init = LimitedDisk(), _client.AsyncClient.__init__
+        def limited_init(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            self._disk_writes = DiskWrites(disk=disk)
+        _client.AsyncClient.__init__ = limited_init
     from siliconflow_video._cli import main
     raise SystemExit(main(sys.argv[1:]))
     """

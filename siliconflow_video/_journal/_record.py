@@ -72,23 +72,30 @@ class JournalRecord(Recorder):
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         self.leases: list[Lease] = []
+        # A job journaled before its submit is keyed by a generated key, not its id.
+        self.keys: dict[str, str] = {}
 
     async def accept(self, request_ids: list[str], dest: Path) -> dict[str, Outcome]:
         records = await self.journal.accept(request_ids, dest=dest)
         known: dict[str, Outcome] = {}
         for record in records:
+            if record.request_id is not None:
+                self.keys[record.request_id] = record.job_key
             outcome = await self._outcome_of(record)
             if outcome is not None:
                 known[outcome.request_id] = outcome
         return known
 
+    def key(self, request_id: str) -> str:
+        return self.keys.get(request_id, request_id)
+
     async def claim(self, request_id: str, *, wait: float | None) -> bool:
         if wait == 0:
-            lease = await self.journal.try_claim(request_id)
+            lease = await self.journal.try_claim(self.key(request_id))
         else:
             try:
                 lease = await self.journal.claim(
-                    request_id, wait=math.inf if wait is None else wait
+                    self.key(request_id), wait=math.inf if wait is None else wait
                 )
             except LeaseHeldError:
                 lease = None
@@ -102,12 +109,12 @@ class JournalRecord(Recorder):
         return None if record is None else await self._outcome_of(record)
 
     def polled(self, status: VideoStatus) -> None:
-        self.journal.note_poll(status.request_id, status.status.value)
+        self.journal.note_poll(self.key(status.request_id), status.status.value)
 
     async def succeeded(self, status: VideoStatus) -> None:
         timings = status.results.timings if status.results else None
         await self.journal.succeeded(
-            status.request_id,
+            self.key(status.request_id),
             status.urls,
             inference_s=timings.inference if timings else None,
         )
@@ -117,21 +124,25 @@ class JournalRecord(Recorder):
             return  # still running at SiliconFlow: the job stays waiting
         if isinstance(error, JobFailedError):
             await self.journal.failed(
-                request_id, error, remote_status="Failed", remote_reason=error.reason
+                self.key(request_id), error, remote_status="Failed", remote_reason=error.reason
             )
         else:
-            await self.journal.failed(request_id, error)
+            await self.journal.failed(self.key(request_id), error)
 
     def url_seen(self, request_id: str, index: int, url: str) -> None:
-        self.journal.note_video(request_id, index, url=url)
+        self.journal.note_video(self.key(request_id), index, url=url)
 
     async def video_done(self, request_id: str, video: VideoFile) -> None:
         await self.journal.video_done(
-            request_id, video.index, path=str(video.path), size=video.size, sha256=video.sha256
+            self.key(request_id),
+            video.index,
+            path=str(video.path),
+            size=video.size,
+            sha256=video.sha256,
         )
 
     async def video_failed(self, request_id: str, index: int, error: BaseException) -> None:
-        await self.journal.video_failed(request_id, index, error)
+        await self.journal.video_failed(self.key(request_id), index, error)
 
     async def release(self) -> None:
         leases, self.leases = self.leases, []
