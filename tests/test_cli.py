@@ -485,10 +485,10 @@ def test_unexpected_error_is_one_line_and_traceback_only_at_verbose(
 ) -> None:
     """A bug gives one 'unexpected' line (exit 1); its traceback only at -v, redacted."""
     script = (
-        "import sys, siliconflow_video._cli as c\n"
+        "import sys, siliconflow_video._cli as c, siliconflow_video._cli._commands as cmd\n"
         "async def boom(self):\n"
         f"    raise RuntimeError('kaput {KEY}')\n"
-        "c.Cli.status = boom\n"
+        "cmd.Cli.status = boom\n"
         "raise SystemExit(c.main(sys.argv[1:]))\n"
     )
     env = env_for(server)
@@ -614,6 +614,18 @@ def test_live_progress_bars_on_a_terminal(server: FakeSiliconFlow, tmp_path: Pat
     assert "MiB" in text
     assert out.split()[:2] == [rid, "Succeed"]
     assert "\x1b" not in out
+
+
+def test_importing_the_library_loads_neither_rich_nor_the_cli() -> None:
+    """`import siliconflow_video` loads no rich and no part of the command line."""
+    code = (
+        "import siliconflow_video, sys\n"
+        "assert 'rich' not in sys.modules, 'rich'\n"
+        "cli = [m for m in sys.modules if m.split('.')[:2] == ['siliconflow_video', '_cli']]\n"
+        "assert not cli, cli\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_console_script_exit_codes(server: FakeSiliconFlow) -> None:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import attrs
 
-from ._client import AsyncClient
-from ._config import DownloadPolicy
-from ._models import Outcome, ProgressCallback
-from ._progress import human_size
+from .._client import AsyncClient
+from .._config import DownloadPolicy
+from .._models import Outcome, ProgressCallback
+from ._rows import human_size
 
 __all__ = ["DEMO_JOBS", "DEMO_MODEL", "DemoRun", "demo_report", "run_demo"]
 
@@ -65,7 +65,7 @@ async def run_demo(
     """Run the whole demo and return what happened. ``on_submitted`` hears the ids before
     the wait begins (to start a progress display)."""
     # Imported here: the testing package is only needed by the demo.
-    from .testing import FakeSiliconFlow, SlowBody
+    from ..testing import FakeSiliconFlow, SlowBody
 
     fake = FakeSiliconFlow(
         api_key=f"sk-demo-{secrets.token_hex(8)}",

@@ -20,9 +20,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
 from rich.text import Text
 
-from ._models import EventKind, ProgressEvent, Status, VideoStatus
+from .._models import EventKind, ProgressEvent, Status, VideoStatus
+from ._rows import human_size, printable, write_text
 
-__all__ = ["Display", "DisplayHandler", "LiveDisplay", "PlainDisplay", "human_size"]
+__all__ = ["Display", "DisplayHandler", "LiveDisplay", "PlainDisplay"]
 
 log = logging.getLogger("siliconflow_video.cli")
 
@@ -30,33 +31,6 @@ log = logging.getLogger("siliconflow_video.cli")
 MAX_ROWS = 12
 #: Shortest gap between two plain byte-progress lines of one video.
 PLAIN_BYTES_EVERY = 2.0
-
-
-def human_size(size: int | None) -> str:
-    """``3.0 MiB`` and the like; ``?`` when unknown."""
-    if size is None:
-        return "?"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def printable(text: str) -> str:
-    """``text`` itself, or its repr when it holds control characters (ids are untrusted)."""
-    return text if text.isprintable() else repr(text)
-
-
-def write_text(stream: TextIO, text: str) -> None:
-    """Write one line, replacing what the stream's encoding cannot hold."""
-    try:
-        stream.write(text + "\n")
-    except UnicodeEncodeError:
-        encoding = getattr(stream, "encoding", None) or "ascii"
-        stream.write(text.encode(encoding, "backslashreplace").decode(encoding) + "\n")
-    stream.flush()
 
 
 class _Job:

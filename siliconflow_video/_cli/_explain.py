@@ -1,0 +1,242 @@
+"""An error, in words for a person at a shell: ``what happened — what to do``, and an exit code.
+
+One table maps error classes to their explanation; :func:`explain` walks the error's MRO, so
+the most specific class with an entry wins (``VideoURLExpiredError`` before ``DownloadError``,
+``APITimeoutError`` before ``APIConnectionError``), as httpx's ``map_httpcore_exceptions``
+does. A new error class needs one entry here, not a new branch in a chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .._config import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
+from .._exceptions import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    DownloadError,
+    JobFailedError,
+    MalformedResponseError,
+    NotFoundError,
+    PaymentRequiredError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServerError,
+    SiliconFlowError,
+    UnsafeFileNameError,
+    VideoURLExpiredError,
+    WaitTimeoutError,
+)
+
+__all__ = [
+    "CONFIG_ERRORS",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "UsageError",
+    "exit_code",
+    "explain",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """A problem with the command line or the environment: exit 2 with one line."""
+
+    def __init__(self, what: str, todo: str) -> None:
+        super().__init__(what)
+        self.what = what
+        self.todo = todo
+
+
+# Errors that say the setup is wrong rather than one id: they exit 2.
+CONFIG_ERRORS = (ConfigurationError, AuthenticationError, NotFoundError, UsageError)
+
+#: (error, base URL) -> (what happened, what to do)
+Explainer = Callable[[Any, str], tuple[str, str]]
+
+
+def _usage(exc: UsageError, base_url: str) -> tuple[str, str]:
+    return exc.what, exc.todo
+
+
+def _authentication(exc: AuthenticationError, base_url: str) -> tuple[str, str]:
+    return (
+        "the API key was rejected (HTTP 401)",
+        f"check {API_KEY_ENV}, and that it belongs to this base URL's region "
+        f"(.cn vs .com; the base URL is {base_url})",
+    )
+
+
+def _payment(exc: PaymentRequiredError, base_url: str) -> tuple[str, str]:
+    return (
+        f"the account has no balance left (HTTP 402): {exc.api_message}",
+        "top up the account in the SiliconFlow console, then run again",
+    )
+
+
+def _permission(exc: PermissionDeniedError, base_url: str) -> tuple[str, str]:
+    return (
+        f"the API refused access (HTTP 403): {exc.api_message}",
+        "the account may need real-name verification, or no access to this model",
+    )
+
+
+def _not_found(exc: NotFoundError, base_url: str) -> tuple[str, str]:
+    return (
+        f"{base_url} has no video API (HTTP 404)",
+        f"check --base-url or {BASE_URL_ENV}; it should look like {DEFAULT_BASE_URL}",
+    )
+
+
+def _bad_request(exc: BadRequestError, base_url: str) -> tuple[str, str]:
+    code = f", code {exc.code}" if exc.code is not None else ""
+    if exc.request_id:
+        return (
+            f"the API rejected request id {exc.request_id!r}: {exc.api_message} (HTTP 400{code})",
+            "check the id, and that it was created with this key and base URL",
+        )
+    return (
+        f"the API rejected the request: {exc.api_message} (HTTP 400{code})",
+        "check --model, --prompt, --image-size and --image",
+    )
+
+
+def _rate_limit(exc: RateLimitError, base_url: str) -> tuple[str, str]:
+    return (
+        "the API kept answering 'too many requests' (HTTP 429)",
+        "wait a minute and run again, or lower --max-requests",
+    )
+
+
+def _server(exc: ServerError, base_url: str) -> tuple[str, str]:
+    return (
+        f"SiliconFlow answered HTTP {exc.status_code} ({exc.api_message})",
+        "SiliconFlow is having trouble; run again later",
+    )
+
+
+def _status(exc: APIStatusError, base_url: str) -> tuple[str, str]:
+    return f"the API answered: {exc}", "check the ids and options, then run again"
+
+
+def _api_timeout(exc: APITimeoutError, base_url: str) -> tuple[str, str]:
+    return (
+        f"no answer from {base_url} in time",
+        "check your network or --base-url, or run again later",
+    )
+
+
+def _connection(exc: APIConnectionError, base_url: str) -> tuple[str, str]:
+    return f"cannot reach {base_url}", "check your network or --base-url"
+
+
+def _malformed(exc: MalformedResponseError, base_url: str) -> tuple[str, str]:
+    return (
+        f"the API sent an unexpected answer: {exc}",
+        "run again later; if it persists, please report it",
+    )
+
+
+def _job_failed(exc: JobFailedError, base_url: str) -> tuple[str, str]:
+    return (
+        f"job {exc.request_id!r} failed: {exc.reason or 'no reason given'}",
+        "nothing to download; change the prompt or parameters and submit a new job",
+    )
+
+
+def _wait_timeout(exc: WaitTimeoutError, base_url: str) -> tuple[str, str]:
+    return (
+        str(exc),
+        "the job goes on at SiliconFlow; run the command again later, or raise --timeout",
+    )
+
+
+def _url_expired(exc: VideoURLExpiredError, base_url: str) -> tuple[str, str]:
+    return str(exc), "run the command again soon after the job succeeds"
+
+
+def _download(exc: DownloadError, base_url: str) -> tuple[str, str]:
+    if exc.request_id is None:  # the destination itself, before any download
+        todo = "choose another -o folder, or fix its permissions or free some space"
+    elif exc.status_code is None:
+        todo = (
+            "fix the destination (free space, write permission, or another -o folder), "
+            "then run the same command again: finished files are kept, partial ones resume"
+        )
+    else:
+        todo = "run the same command again: finished files are kept, partial ones resume"
+    return str(exc), todo
+
+
+def _unsafe_name(exc: UnsafeFileNameError, base_url: str) -> tuple[str, str]:
+    return str(exc), "this id cannot name a file; check the id"
+
+
+def _configuration(exc: ConfigurationError, base_url: str) -> tuple[str, str]:
+    return str(exc), "check the command's options (see --help)"
+
+
+def _library(exc: SiliconFlowError, base_url: str) -> tuple[str, str]:
+    return str(exc), "run again; add -v for details"
+
+
+def _unexpected(exc: BaseException, base_url: str) -> tuple[str, str]:
+    return (
+        f"unexpected {type(exc).__name__}: {exc}",
+        "please report this (run with -v for details)",
+    )
+
+
+_EXPLAINERS: dict[type[BaseException], Explainer] = {
+    UsageError: _usage,
+    AuthenticationError: _authentication,
+    PaymentRequiredError: _payment,
+    PermissionDeniedError: _permission,
+    NotFoundError: _not_found,
+    BadRequestError: _bad_request,
+    RateLimitError: _rate_limit,
+    ServerError: _server,
+    APIStatusError: _status,
+    APITimeoutError: _api_timeout,
+    APIConnectionError: _connection,
+    MalformedResponseError: _malformed,
+    JobFailedError: _job_failed,
+    WaitTimeoutError: _wait_timeout,
+    VideoURLExpiredError: _url_expired,
+    DownloadError: _download,
+    UnsafeFileNameError: _unsafe_name,
+    ConfigurationError: _configuration,
+    SiliconFlowError: _library,
+}
+
+
+def explain(exc: BaseException, base_url: str) -> tuple[str, str]:
+    """(what happened, what to do) for an error, in words for a person at a shell.
+
+    Errors about the whole setup (key, network, base URL) do not name an id, so that many
+    ids failing the same way make one line.
+    """
+    for cls in type(exc).__mro__:
+        explainer = _EXPLAINERS.get(cls)
+        if explainer is not None:
+            return explainer(exc, base_url)
+    return _unexpected(exc, base_url)
+
+
+def exit_code(errors: Iterable[BaseException | None]) -> int:
+    """2 if any error is about the setup, else 1 if any error at all, else 0."""
+    found = [e for e in errors if e is not None]
+    if any(isinstance(e, CONFIG_ERRORS) for e in found):
+        return EXIT_USAGE
+    return EXIT_FAILED if found else EXIT_OK
