@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from siliconflow_video.testing import FakeSiliconFlow, SlowBody
+from siliconflow_video.testing import ExpiredURL, FakeSiliconFlow, SlowBody, not_found
 
 KEY = "sk-cli-test-8f3a1c77e2d94b0bb1a6"
 MiB = 1024 * 1024
@@ -553,6 +553,56 @@ def test_ctrl_c_keeps_the_partial_download(server: FakeSiliconFlow, tmp_path: Pa
     assert sha256_of(final) == server.video_sha256(rid)
     ranges = [r.headers.get("Range") for r in server.requests_for("video", rid)]
     assert ranges[-1] == f"bytes={kept}-"
+
+
+def test_no_rerun_advice_where_a_rerun_cannot_help(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """A 404 from the video host, an expired URL with no fresh one and a failed job each say
+    what will help instead of 'run the same command again'."""
+    gone = server.add_job(videos=[1000])
+    server.add_fault("video", not_found(), request_id=gone, times=None)
+    expired = server.add_job(videos=[1000])
+    server.add_fault("video", ExpiredURL(), request_id=expired, times=None)
+    failed = server.add_job(outcome="Failed", reason="nsfw")
+    proc = cli("download", gone, expired, failed, "-o", str(tmp_path), env=env_for(server))
+    assert proc.returncode == 1, proc.stderr
+    assert_clean(proc)
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 3, proc.stderr
+    for rid in (gone, expired, failed):
+        (line,) = [e for e in errors if rid in e]
+        assert "run the same command again" not in line
+        assert "submit" in line.partition(" — ")[2]
+    (line,) = [e for e in errors if gone in e]
+    assert "HTTP 404" in line.partition(" — ")[2]
+
+
+def test_one_failure_is_printed_once_in_the_results_and_once_on_stderr(
+    server: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """A failed download: its message once on stdout (the result) and once on stderr (the
+    summary), not again in a progress line."""
+    rid = server.add_job(videos=[1000])
+    server.add_fault("video", not_found(), request_id=rid, times=None)
+    proc = cli("download", rid, "-o", str(tmp_path), env=env_for(server))
+    assert proc.returncode == 1, proc.stderr
+    message = "404 page not found"  # the host's answer, quoted in the error
+    assert proc.stdout.count(message) == 1
+    assert proc.stderr.count(message) == 1
+    (line,) = error_lines(proc.stderr)
+    assert message in line
+
+
+def test_demo_report_compares_each_file_with_its_own_digest(tmp_path: Path) -> None:
+    """When a job's first video failed, its second is checked against the second digest."""
+    from siliconflow_video import DownloadError, Outcome, VideoFile
+    from siliconflow_video._cli._demo import DemoRun, demo_report
+
+    second = VideoFile(tmp_path / "r_1.mp4", 10, "bb" * 32, reused=False, index=1)
+    outcome = Outcome("r", None, (second,), DownloadError("video 0 failed", request_id="r"))
+    run = DemoRun("http://127.0.0.1:1/v1", [outcome], {"r": ["aa" * 32, "bb" * 32]})
+    lines = demo_report(run, tmp_path)
+    (line,) = [line for line in lines if "r_1.mp4" in line]
+    assert line.endswith("verified")
 
 
 # --- demo, terminal, entry points --------------------------------------------------------------

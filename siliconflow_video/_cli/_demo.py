@@ -109,8 +109,10 @@ def demo_report(run: DemoRun, dest: Path) -> list[str]:
     lines = [f"Downloaded {len(files)} videos into {dest.resolve()}:"]
     for outcome in run.outcomes:
         expected = run.expected_sha256.get(outcome.request_id, [])
-        for index, file in enumerate(outcome.files):
-            verified = index < len(expected) and expected[index] == file.sha256
+        for file in outcome.files:
+            # By the video's own index: when one video of a job fails, the files that
+            # follow it do not move up into its place.
+            verified = file.index < len(expected) and expected[file.index] == file.sha256
             mark = "verified" if verified else "MISMATCH"
             lines.append(
                 f"  {file.path.resolve()}  {human_size(file.size)}  sha256 {file.sha256}  {mark}"

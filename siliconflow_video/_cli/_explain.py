@@ -163,19 +163,37 @@ def _wait_timeout(exc: WaitTimeoutError, base_url: str) -> tuple[str, str]:
 
 
 def _url_expired(exc: VideoURLExpiredError, base_url: str) -> tuple[str, str]:
-    return str(exc), "run the command again soon after the job succeeds"
+    return (
+        str(exc),
+        "SiliconFlow gave no working URL for this video, so a rerun cannot fetch it; "
+        "submit the job again if you still need it",
+    )
+
+
+RESUME = "run the same command again: finished files are kept, partial ones resume"
 
 
 def _download(exc: DownloadError, base_url: str) -> tuple[str, str]:
+    code = exc.status_code
     if exc.request_id is None:  # the destination itself, before any download
         todo = "choose another -o folder, or fix its permissions or free some space"
-    elif exc.status_code is None:
+    elif code is None and isinstance(exc.__cause__, OSError):  # our own disk
         todo = (
             "fix the destination (free space, write permission, or another -o folder), "
-            "then run the same command again: finished files are kept, partial ones resume"
+            f"then {RESUME}"
+        )
+    elif code is None or code in (408, 429) or code >= 500:  # the network or the host
+        todo = f"the video host or the network is having trouble; later, {RESUME}"
+    elif code in (404, 410):
+        todo = (
+            f"the video host no longer has this video (HTTP {code}), so a rerun cannot "
+            "fetch it; submit the job again if you still need it"
         )
     else:
-        todo = "run the same command again: finished files are kept, partial ones resume"
+        todo = (
+            f"the video host refused the download (HTTP {code}) and a rerun will be refused "
+            "too; check for a proxy or firewall in the way, or submit the job again"
+        )
     return str(exc), todo
 
 

@@ -193,10 +193,8 @@ class PlainDisplay(Display):
         )
 
     def _done(self, request_id: str, job: _Job, error: BaseException | None) -> None:
-        if error is None:
-            log.info("%s: done", printable(request_id))
-        else:
-            log.info("%s: did not succeed: %s", printable(request_id), error)
+        # The error itself is printed once, in the results and the closing summary.
+        log.info("%s: %s", printable(request_id), "done" if error is None else "failed")
 
 
 class _BytesColumn(ProgressColumn):
