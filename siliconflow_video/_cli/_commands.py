@@ -20,8 +20,10 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -33,6 +35,7 @@ from .._config import (
     API_KEY_ENV,
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
+    DEFAULT_RETRY,
     DownloadPolicy,
     resolve_base_url,
 )
@@ -40,29 +43,35 @@ from .._download import _disk_message  # the download branch makes this disk_mes
 from .._exceptions import (
     APIConnectionError,
     AuthenticationError,
+    BadRequestError,
     ConfigurationError,
     DownloadError,
     NotFoundError,
     PaymentRequiredError,
     PermissionDeniedError,
     SiliconFlowError,
+    UnsafeFileNameError,
 )
 from .._logging import RedactingFilter
-from .._models import WaitResult
+from .._models import Naming, Outcome
+from .._naming import default_name
 from ._explain import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_TERMINATED,
     EXIT_USAGE,
+    DestinationError,
+    OutputError,
     UsageError,
     exit_code,
     explain,
 )
-from ._parser import build_parser, collect_ids
+from ._parser import collect_ids, name_from_template, parse
 from ._progress import Display, DisplayHandler, LiveDisplay, PlainDisplay
-from ._rows import Row, printable, write_text
+from ._rows import Row, human_size, printable, write_text
 
-__all__ = ["INTERRUPTED", "Cli", "run"]
+__all__ = ["INTERRUPTED", "Cli", "check_destination", "run"]
 
 log = logging.getLogger("siliconflow_video.cli")
 
@@ -88,7 +97,11 @@ _GLOBAL_ERRORS = (
 
 
 class Cli:
-    """One run of the command line: the parsed options, stdout, and the stderr display."""
+    """One run of the command line: the parsed options, stdout, and the stderr display.
+
+    Each id's row goes to stdout the moment the id is finished (:meth:`emit`), so a pipeline
+    sees it at once and an interrupted run has printed every finished id.
+    """
 
     def __init__(
         self,
@@ -102,9 +115,16 @@ class Cli:
         self.display = display
         self.redact = redact
         self.api_key = api_key
+        self.key_from = "--api-key" if getattr(args, "api_key", None) else API_KEY_ENV
         self.stdout = stdout
         self.submitted: str | None = None
+        self.terminated = False
+        self.output_failed = False
         self.ids: list[str] = []
+        self.rows: dict[str, Row] = {}
+        self.started = time.monotonic()
+        # Names given by --name, across the per-id downloads: two ids must not share one.
+        self.claimed: dict[str, tuple[str, int]] = {}
         try:
             self.base_url = resolve_base_url(args.base_url)
         except ConfigurationError:
@@ -113,28 +133,46 @@ class Cli:
     # -- output
 
     def out(self, line: str) -> None:
-        write_text(self.stdout, self.redact(line))
+        try:
+            write_text(self.stdout, self.redact(line))
+        except BrokenPipeError:
+            raise  # | head has read enough: run() ends quietly
+        except OSError as exc:
+            raise OutputError(exc.strerror or str(exc)) from None
 
     def err(self, line: str) -> None:
         self.display.write_line(self.redact(line))
 
+    def explain(self, exc: BaseException) -> tuple[str, str]:
+        return explain(exc, self.base_url, key_from=self.key_from)
+
     def error(self, exc: BaseException, *, count: int = 1) -> None:
-        what, todo = explain(exc, self.base_url)
+        what, todo = self.explain(exc)
         if count > 1:
             what = f"{what} ({count} ids)"
         self.err(f"error: {what} — {todo}")
 
-    def report(self, rows: Sequence[Row]) -> int:
-        """Print the rows on stdout and one line per problem on stderr; the exit code."""
-        self.display.close()
-        width = min(max((len(printable(r.request_id)) for r in rows), default=0), 40)
+    @property
+    def width(self) -> int:
+        return min(max((len(printable(rid)) for rid in self.ids), default=0), 40)
+
+    def emit(self, row: Row) -> None:
+        """Print one id's row on stdout now (flushed), once."""
+        if row.request_id in self.rows:
+            return
+        self.rows[row.request_id] = row
+        if self.args.json:
+            self.out(json.dumps(row.to_json(self.base_url)))
+        else:
+            self.out(row.to_text(self.width, self.base_url))
+
+    def report(self, rows: Sequence[Row] = ()) -> int:
+        """Print the rows not printed yet, then one line per problem on stderr; the exit
+        code."""
         for row in rows:
-            if self.args.json:
-                self.out(json.dumps(row.to_json(self.base_url)))
-            else:
-                self.out(row.to_text(width, self.base_url))
-        self.stdout.flush()
-        return self.problems(rows)
+            self.emit(row)
+        self.display.close()
+        return self.problems(list(self.rows.values()))
 
     def problems(self, rows: Sequence[Row]) -> int:
         """One stderr line per problem among the rows; the exit code."""
@@ -142,7 +180,7 @@ class Cli:
         groups: dict[tuple[str, str], list[BaseException]] = {}
         for row in rows:
             if row.error is not None:
-                groups.setdefault(explain(row.error, self.base_url), []).append(row.error)
+                groups.setdefault(self.explain(row.error), []).append(row.error)
         for shown, errors in enumerate(groups.values()):
             if shown == MAX_ERROR_LINES:
                 rest = sum(len(e) for e in list(groups.values())[shown:])
@@ -150,6 +188,21 @@ class Cli:
                 break
             self.error(errors[0], count=len(errors))
         return exit_code(row.error for row in rows)
+
+    def summary(self) -> None:
+        """One closing line on stderr for a download: how the ids ended, bytes, time."""
+        if self.args.quiet:
+            return
+        rows = list(self.rows.values())
+        ok = [r for r in rows if r.error is None]
+        reused = [r for r in ok if r.files and all(f.reused for f in r.files)]
+        fetched = sum(f.size for r in rows for f in r.files if not f.reused)
+        seconds = time.monotonic() - self.started
+        self.err(
+            f"summary: {len(ok)} succeeded ({len(reused)} already complete), "
+            f"{len(rows) - len(ok)} failed, {len(self.ids) - len(rows)} unfinished; "
+            f"{human_size(fetched)} downloaded in {seconds:.1f} s"
+        )
 
     # -- the client
 
@@ -185,25 +238,96 @@ class Cli:
 
     # -- commands
 
+    def naming(self) -> Naming | None:
+        """The --name template as a naming function that also keeps ids apart."""
+        template = getattr(self.args, "name", None)
+        if template is None:
+            return None
+
+        def name(request_id: str, index: int, url: str) -> str:
+            ext = Path(default_name(request_id, index, url)).suffix
+            result = name_from_template(template, request_id, index, ext)
+            owner = self.claimed.setdefault(result.casefold(), (request_id, index))
+            if owner != (request_id, index):
+                raise UnsafeFileNameError(
+                    f"--name gives {result!r} to {owner[0]!r} video {owner[1]} too; "
+                    "use {request_id} and {index} in the template",
+                    request_id=request_id,
+                )
+            return result
+
+        return name
+
+    def download_policy(self) -> DownloadPolicy:
+        args = self.args
+        changes: dict[str, Any] = {"sha256": args.sha256}
+        if args.retries is not None:
+            changes["max_attempts"] = args.retries + 1
+        if args.connect_timeout is not None:
+            changes["connect_timeout"] = args.connect_timeout
+        if args.read_timeout is not None:
+            changes["read_timeout"] = args.read_timeout
+        return attrs.evolve(CLI_DOWNLOAD, **changes)
+
     async def download(self) -> int:
         args = self.args
         ids = self.ids
         dest = Path(args.output)
+        options: dict[str, Any] = {}
+        if args.retries is not None:
+            options["retry"] = attrs.evolve(DEFAULT_RETRY, max_attempts=args.retries + 1)
         try:
             async with self.client(
                 max_concurrent_requests=args.max_requests,
                 max_concurrent_downloads=args.concurrency,
-                download=attrs.evolve(CLI_DOWNLOAD, sha256=args.sha256),
+                download=self.download_policy(),
+                **options,
             ) as client:
-                await check_destination(dest)
+                await check_destination(dest, "-o")
                 await self.preflight(client, ids)
                 self.display.track(ids, downloading=True)
-                outcomes = await client.wait_and_download(
-                    ids, dest, timeout=args.timeout, progress=self.display.event
-                )
+                await self.fetch_all(client, ids, dest, args.timeout)
         except (*_GLOBAL_ERRORS, DownloadError) as exc:
             return self.failed_everywhere(ids, exc)
-        return self.report([Row.from_outcome(o) for o in outcomes])
+        code = self.report()
+        self.summary()
+        return code
+
+    async def fetch_all(
+        self, client: AsyncClient, ids: list[str], dest: Path, timeout: float | None
+    ) -> None:
+        """Wait for the ids and download each as soon as its job succeeds; each row is
+        printed the moment its id is finished."""
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                completions = client.as_completed(
+                    ids, timeout=timeout, on_status=self.display.listener
+                )
+                async with contextlib.aclosing(completions):
+                    async for result in completions:
+                        if result.error is None and result.status is not None:
+                            tasks.create_task(self.fetch_one(client, result.request_id, dest))
+                        else:
+                            self.display.finished(result.request_id, result.error)
+                            outcome = Outcome(result.request_id, result.status, (), result.error)
+                            self.emit(Row.from_outcome(outcome))
+        except BaseExceptionGroup as group:
+            raise _first_leaf(group) from None
+        missing = SiliconFlowError("no result came back for this id")
+        for rid in ids:
+            self.emit(Row(rid, error=missing))
+
+    async def fetch_one(self, client: AsyncClient, request_id: str, dest: Path) -> None:
+        # One batch per id, so that its Outcome (with each file's sha256 and reuse) is
+        # printed the moment it is done; the client's download cap holds across them.
+        try:
+            [outcome] = await client.wait_and_download(
+                [request_id], dest, progress=self.display.event, naming=self.naming()
+            )
+        except SiliconFlowError as exc:
+            outcome = Outcome(request_id, None, (), exc)
+        self.display.finished(request_id, outcome.error)
+        self.emit(Row.from_outcome(outcome))
 
     async def status(self) -> int:
         args = self.args
@@ -228,24 +352,21 @@ class Cli:
         try:
             async with self.client(max_concurrent_requests=args.max_requests) as client:
                 await self.preflight(client, ids)
-                results = await self._wait_all(client, ids, args.timeout)
+                await self._wait_all(client, ids, args.timeout)
         except _GLOBAL_ERRORS as exc:
             return self.failed_everywhere(ids, exc)
-        return self.report([Row.from_status(r.request_id, r.status, r.error) for r in results])
+        return self.report()
 
-    async def _wait_all(
-        self, client: AsyncClient, ids: list[str], timeout: float | None
-    ) -> list[WaitResult]:
+    async def _wait_all(self, client: AsyncClient, ids: list[str], timeout: float | None) -> None:
         self.display.track(ids, downloading=False)
-        results: dict[str, WaitResult] = {}
-        # The private iterator of as_completed, for its per-id status listener.
         completions = client.as_completed(ids, timeout=timeout, on_status=self.display.listener)
         async with contextlib.aclosing(completions):
             async for result in completions:
-                results[result.request_id] = result
                 self.display.finished(result.request_id, result.error)
+                self.emit(Row.from_status(result.request_id, result.status, result.error))
         missing = SiliconFlowError("no result came back for this id")
-        return [results.get(rid) or WaitResult(rid, None, missing) for rid in ids]
+        for rid in ids:
+            self.emit(Row.from_status(rid, None, missing))
 
     async def submit(self) -> int:
         args = self.args
@@ -254,29 +375,44 @@ class Cli:
             async with self.client() as client:
                 if dest is not None:
                     # Before paying for a video, make sure it can be saved.
-                    await check_destination(dest)
-                rid = await client.submit(
-                    model=args.model,
-                    prompt=args.prompt,
-                    image_size=args.image_size,
-                    negative_prompt=args.negative_prompt,
-                    image=args.image,
-                    seed=args.seed,
-                )
+                    await check_destination(dest, "--download")
+                try:
+                    rid = await client.submit(
+                        model=args.model,
+                        prompt=args.prompt,
+                        image_size=args.image_size,
+                        negative_prompt=args.negative_prompt,
+                        image=args.image,
+                        seed=args.seed,
+                    )
+                except BadRequestError as exc:
+                    if "image_size" in exc.api_message or "image size" in exc.api_message:
+                        raise UsageError(
+                            f"--image-size {args.image_size} was rejected: {exc.api_message}",
+                            "choose a size the model accepts, e.g. 1280x720, 720x1280 or 960x960",
+                        ) from None
+                    raise
                 self.submitted = rid
+                self.ids = [rid]
+                # At once, before any wait: a later Ctrl-C must not lose the id.
+                if args.json:
+                    waits = dest is not None or args.wait
+                    self.out(
+                        json.dumps(
+                            {"request_id": rid, "submitted": True} if waits else {"request_id": rid}
+                        )
+                    )
+                else:
+                    self.out(rid)
                 if dest is None and not args.wait:
-                    self.out(json.dumps({"request_id": rid}) if args.json else rid)
                     return EXIT_OK
                 log.info("submitted job %s", printable(rid))
                 if dest is not None:
                     self.display.track([rid], downloading=True)
-                    outcomes = await client.wait_and_download(
-                        [rid], dest, timeout=args.timeout, progress=self.display.event
-                    )
-                    return self.report([Row.from_outcome(outcomes[0])])
-                results = await self._wait_all(client, [rid], args.timeout)
-                result = results[0]
-                return self.report([Row.from_status(rid, result.status, result.error)])
+                    await self.fetch_all(client, [rid], dest, args.timeout)
+                    return self.report()
+                await self._wait_all(client, [rid], args.timeout)
+                return self.report()
         except SiliconFlowError as exc:
             self.display.close()
             self.error(exc)
@@ -286,10 +422,11 @@ class Cli:
         from ._demo import demo_report, run_demo
 
         dest = Path(self.args.output)
-        await check_destination(dest)
+        await check_destination(dest, "-o")
 
         def on_submitted(ids: list[str]) -> None:
             log.info("demo: submitted %d jobs to the fake SiliconFlow", len(ids))
+            self.ids = ids
             self.display.track(ids, downloading=True)
 
         log.info("demo: starting a fake SiliconFlow on 127.0.0.1 (no key, no network)")
@@ -309,12 +446,13 @@ class Cli:
             code: int = await command()
             return code
         except BrokenPipeError:
-            raise  # stdout is gone: main() ends quietly
+            raise  # stdout is gone: run() ends quietly
         except UsageError as exc:
             self.display.close()
             self.error(exc)
             return EXIT_USAGE
-        except SiliconFlowError as exc:
+        except (SiliconFlowError, OutputError) as exc:
+            self.output_failed = isinstance(exc, OutputError)
             self.display.close()
             self.error(exc)
             return exit_code([exc])
@@ -326,29 +464,71 @@ class Cli:
         finally:
             self.display.close()
 
+    async def run_until_signalled(self) -> int:
+        """:meth:`run`, with SIGTERM stopping it as Ctrl-C does (partial files kept)."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+
+        def terminate() -> None:
+            self.terminated = True
+            if task is not None:
+                task.cancel()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGTERM, terminate)
+        try:
+            return await self.run()
+        except asyncio.CancelledError:
+            if self.terminated:
+                return EXIT_TERMINATED
+            raise
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGTERM)
+
+    def stopped(self, how: str) -> str:
+        """The one line for a run stopped by Ctrl-C ("interrupted") or SIGTERM."""
+        if self.submitted:
+            line = (
+                f"{how} — job {self.submitted} goes on at SiliconFlow; get its "
+                f"videos later with: siliconflow-video download {self.submitted}"
+            )
+            if self.args.command == "submit" and self.args.download:
+                line += f" -o {self.args.download} (partial downloads resume)"
+            return line
+        return f"{how} — partial downloads are kept and will resume on the next run"
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception in a (nested) group: a task group's one failure, unwrapped."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
 
 # --- the destination -------------------------------------------------------------------
 
 
-def _try_writing(dest: Path) -> None:
+def _try_writing(dest: Path, option: str) -> None:
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DownloadError(_disk_message(exc, "create the folder", dest), path=str(dest)) from None
+        message = _disk_message(exc, "create the folder", dest)
+        raise DestinationError(message, option=option, path=str(dest)) from None
     try:
         fd, name = tempfile.mkstemp(prefix=".siliconflow-video-check-", dir=dest)
         os.close(fd)
         os.unlink(name)
     except OSError as exc:
         probe = dest / ".siliconflow-video-check"
-        raise DownloadError(_disk_message(exc, "write", probe), path=str(dest)) from None
+        message = _disk_message(exc, "write", probe)
+        raise DestinationError(message, option=option, path=str(dest)) from None
 
 
-async def check_destination(dest: Path) -> None:
+async def check_destination(dest: Path, option: str) -> None:
     """Create ``dest`` and write in it once, so a bad folder fails the command before any
     waiting (or paying) rather than when the first video is ready. The messages are the
     downloader's own."""
-    await asyncio.to_thread(_try_writing, dest)
+    await asyncio.to_thread(_try_writing, dest, option)
 
 
 # --- main ------------------------------------------------------------------------------
@@ -394,11 +574,17 @@ def _logging_to(
 
 def run(argv: list[str] | None) -> int:
     """Parse the arguments, run the command, and return its exit code."""
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if sys.stdout is None:  # started with >&-: the results would have nowhere to go
+        write_text(
+            sys.stderr,
+            "error: stdout is closed, so the results cannot be printed — "
+            "run with stdout open (redirect it to a file or /dev/null)",
+        )
+        return EXIT_USAGE
     # The demo uses the fake's own key and never reads the environment's.
     api_key = None if args.command == "demo" else args.api_key or os.environ.get(API_KEY_ENV)
     redactor = RedactingFilter([api_key, api_key.strip()] if api_key else [])
@@ -413,25 +599,27 @@ def run(argv: list[str] | None) -> int:
                 cli.error(exc)
                 return EXIT_USAGE
         try:
-            return asyncio.run(cli.run())
+            code = asyncio.run(cli.run_until_signalled())
         except KeyboardInterrupt:
             # asyncio.run cancelled the command first: downloads stopped cleanly and kept
-            # their .part files.
+            # their .part files; the rows of the ids that had finished are printed.
             display.close()
-            line = INTERRUPTED
-            if cli.submitted:
-                line = (
-                    f"interrupted — job {cli.submitted} goes on at SiliconFlow; get its "
-                    f"videos later with: siliconflow-video download {cli.submitted}"
-                )
-                if args.download:
-                    line += f" -o {args.download} (partial downloads resume)"
-            cli.err(line)
+            cli.err(cli.stopped("interrupted"))
             return EXIT_INTERRUPTED
         except BrokenPipeError:
             # stdout was closed early (| head): nothing more to say to anyone.
-            # Point stdout at /dev/null so the interpreter's final flush fails no more.
-            with contextlib.suppress(OSError, ValueError):
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
+            _silence_stdout()
             return EXIT_FAILED
+        if cli.terminated:
+            display.close()
+            cli.err(cli.stopped("terminated"))
+        if cli.output_failed:
+            _silence_stdout()
+        return code
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush fails no more."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())

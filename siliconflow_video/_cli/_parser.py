@@ -4,14 +4,22 @@ arguments, from files, or from stdin)."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from .._config import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
+from .._exceptions import UnsafeFileNameError
+from .._naming import safe_stem, target_path
 from ._explain import UsageError
 
-__all__ = ["build_parser", "collect_ids"]
+__all__ = ["IMAGE_SIZE", "build_parser", "collect_ids", "name_from_template", "parse"]
+
+#: What an --image-size must look like; which sizes a model takes is SiliconFlow's to say.
+IMAGE_SIZE = re.compile(r"[1-9][0-9]{1,4}x[1-9][0-9]{1,4}")
+#: The fields a --name template may use.
+NAME_FIELDS = ("request_id", "index", "ext")
 
 
 def _positive_int(text: str) -> int:
@@ -24,6 +32,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -32,6 +50,42 @@ def _positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
     return value
+
+
+def _folder(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the folder name is empty")
+    return text
+
+
+def _image_size(text: str) -> str:
+    if not IMAGE_SIZE.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size like 1280x720 (width x height in pixels)"
+        )
+    return text
+
+
+def name_from_template(template: str, request_id: str, index: int, ext: str) -> str:
+    """The file name a --name template gives one video; ``{request_id}`` is the id made safe
+    for a file name (as in the default names). Raises KeyError, ValueError or IndexError
+    for a template that does not format."""
+    return template.format(request_id=safe_stem(request_id), index=index, ext=ext)
+
+
+def _name_template(text: str) -> str:
+    try:
+        sample = name_from_template(text, "0123abcd-sample", 0, ".mp4")
+    except (KeyError, IndexError, ValueError) as exc:
+        fields = ", ".join("{" + f + "}" for f in NAME_FIELDS)
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a usable template ({type(exc).__name__}: {exc}); it may use {fields}"
+        ) from None
+    try:
+        target_path(Path("videos"), sample)
+    except UnsafeFileNameError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} gives unsafe names: {exc}") from None
+    return text
 
 
 def _add_globals(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -118,6 +172,11 @@ def _add_max_requests(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``siliconflow-video``."""
+    return _build()[0]
+
+
+def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The main parser, and each command's by name."""
     from .. import __version__
 
     common = argparse.ArgumentParser(add_help=False)
@@ -146,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument(
         "-o",
         "--output",
+        type=_folder,
         default=".",
         metavar="DIR",
         help="folder for the videos, created if needed (default: the current folder)",
@@ -162,6 +222,32 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="compute each video's sha256 while it downloads (costs about as much CPU as "
         "the download; printed with --json)",
+    )
+    download.add_argument(
+        "--name",
+        type=_name_template,
+        metavar="TEMPLATE",
+        help="file names from TEMPLATE, e.g. '{request_id}_{index}{ext}' (the default); "
+        "{request_id} is the id made safe for a file name, {ext} the video's suffix",
+    )
+    download.add_argument(
+        "--retries",
+        type=_non_negative_int,
+        metavar="N",
+        help="retry a failing API request or video transfer up to N times "
+        "(default: 3 per API request, 7 per video)",
+    )
+    download.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        metavar="S",
+        help="give up connecting to the video host after S seconds (default: 30)",
+    )
+    download.add_argument(
+        "--read-timeout",
+        type=_positive_float,
+        metavar="S",
+        help="give up on a video host silent for S seconds (default: 60)",
     )
     _add_timeout(download)
     _add_max_requests(download)
@@ -200,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--prompt", required=True, help="what the video shows")
     submit.add_argument(
         "--image-size",
+        type=_image_size,
         default="1280x720",
         metavar="WxH",
         help="1280x720 (default), 720x1280 or 960x960",
@@ -214,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="wait for the job and print its URLs")
     submit.add_argument(
         "--download",
+        type=_folder,
         metavar="DIR",
         help="wait for the job and download its videos into DIR (checked before submitting)",
     )
@@ -231,17 +319,44 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "-o",
         "--output",
+        type=_folder,
         default="siliconflow-demo",
         metavar="DIR",
         help="folder for the demo videos (default: ./siliconflow-demo)",
     )
     _add_json(demo)
-    return parser
+    return parser, {
+        "download": download,
+        "status": status,
+        "wait": wait,
+        "submit": submit,
+        "demo": demo,
+    }
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The parsed command line; exits 2 (through argparse) with the usage of the command
+    concerned for a bad one."""
+    parser, commands = _build()
+    args, extra = parser.parse_known_args(argv)
+    # An option the command does not know: the command's own usage, not the main one.
+    command = commands[args.command]
+    if extra:
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.quiet and args.verbose:
+        command.error("-q and -v cannot be used together: choose one")
+    return args
 
 
 def _read_lines(name: str) -> list[str]:
-    """Ids from a file or stdin: one per line, blank lines and # comments skipped."""
+    """Ids from a file or stdin: blank lines and # comments (whole-line or inline) skipped,
+    several ids on a line separated by commas or spaces."""
     if name == "-":
+        if sys.stdin.isatty():
+            print(
+                "reading request ids from stdin, one per line; end with Ctrl-D",
+                file=sys.stderr,
+            )
         text = sys.stdin.read()
     else:
         try:
@@ -254,9 +369,7 @@ def _read_lines(name: str) -> list[str]:
             ) from None
     ids = []
     for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            ids.append(line)
+        ids += [rid for rid in re.split(r"[\s,]+", line.partition("#")[0]) if rid]
     return ids
 
 

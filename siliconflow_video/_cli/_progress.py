@@ -36,10 +36,11 @@ PLAIN_BYTES_EVERY = 2.0
 class _Job:
     """What a display knows of one id."""
 
-    __slots__ = ("done", "failed", "state", "videos")
+    __slots__ = ("done", "failed", "last_status", "state", "videos")
 
     def __init__(self) -> None:
         self.state = "waiting"
+        self.last_status: Status | None = None
         self.videos: dict[int, tuple[int, int | None]] = {}  # index -> (done, total)
         self.done = False
         self.failed = False
@@ -103,7 +104,7 @@ class Display:
     def _event(self, event: ProgressEvent) -> None:
         job = self.jobs.setdefault(event.request_id, _Job())
         if event.kind is EventKind.STATUS and event.status is not None:
-            self._status(event.request_id, job, event.status)
+            self._changed(event.request_id, job, event.status)
         elif event.kind is EventKind.BYTES and event.index is not None:
             job.videos[event.index] = (event.bytes_done, event.bytes_total)
             self._bytes(event.request_id, job, event.index)
@@ -118,9 +119,15 @@ class Display:
         job = self.jobs.setdefault(request_id, _Job())
 
         def on_status(status: VideoStatus) -> None:
-            self._status(request_id, job, status.status)
+            self._changed(request_id, job, status.status)
 
         return on_status
+
+    def _changed(self, request_id: str, job: _Job, status: Status) -> None:
+        # Every poll reports the status it read: show only the changes, each once.
+        if status is not job.last_status and not job.done:
+            job.last_status = status
+            self._status(request_id, job, status)
 
     def finished(self, request_id: str, error: BaseException | None) -> None:
         """The id is done, with ``error`` or without."""

@@ -8,7 +8,7 @@ from typing import Any, TextIO
 import attrs
 
 from .._exceptions import JobFailedError
-from .._models import Outcome, Status, VideoStatus
+from .._models import Outcome, Status, VideoFile, VideoStatus
 from ._explain import explain
 
 __all__ = ["Row", "human_size", "printable", "write_text"]
@@ -52,6 +52,7 @@ class Row:
     sha256: tuple[str | None, ...] = ()  # one per path; None where not computed
     error: BaseException | None = None
     urls: tuple[str, ...] | None = None  # None: a download row, which has no "urls" key
+    files: tuple[VideoFile, ...] = ()
 
     @classmethod
     def from_outcome(cls, outcome: Outcome) -> Row:
@@ -63,6 +64,7 @@ class Row:
             paths=tuple(str(f.path) for f in outcome.files),
             sha256=tuple(f.sha256 for f in outcome.files),
             error=outcome.error,
+            files=outcome.files,
         )
 
     @classmethod
@@ -86,6 +88,16 @@ class Row:
             "reason": self.reason,
             "paths": list(self.paths),
             "sha256": list(self.sha256),
+            "files": [
+                {
+                    "path": str(f.path),
+                    "index": f.index,
+                    "size": f.size,
+                    "sha256": f.sha256,
+                    "reused": f.reused,
+                }
+                for f in self.files
+            ],
             "error": None,
         }
         if self.urls is not None:
