@@ -8,8 +8,9 @@ at ``-v`` for a bug). The API key is redacted from everything printed.
 
 Exit codes: 0 everything succeeded; 1 a job, a request for one id or a download failed (after
 all the others finished); 2 a usage or configuration error (no key, a rejected key, a wrong
-base URL, bad options); 130 interrupted (Ctrl-C), with partial downloads kept for the next
-run.
+base URL, bad options); 3 only --timeout ran out (the jobs go on; run again later); 130
+interrupted (Ctrl-C) and 143 terminated (SIGTERM), with the rows of the finished ids printed
+and partial downloads kept for the next run.
 """
 
 from __future__ import annotations

@@ -186,7 +186,8 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
         prog="siliconflow-video",
         description="Wait for SiliconFlow video jobs and download every video.",
         epilog="exit codes: 0 all succeeded, 1 a job or download failed, 2 usage or "
-        f"configuration error, 130 interrupted. The key is read from {API_KEY_ENV}. "
+        "configuration error, 3 --timeout ran out (the jobs go on), 130 interrupted, "
+        f"143 terminated. The key is read from {API_KEY_ENV}. "
         "Try 'siliconflow-video demo': it needs no key and no network.",
     )
     _add_globals(parser, suppress=False)
