@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 
-from siliconflow_video import AsyncClient, JobFailedError, WaitTimeoutError
+from siliconflow_video import AsyncClient, BadRequestError, JobFailedError, WaitTimeoutError
 
 
 def create_app(
@@ -44,6 +44,9 @@ def create_app(
         )
         if isinstance(outcome.error, JobFailedError):
             raise HTTPException(422, detail=f"generation failed: {outcome.error.reason}")
+        if isinstance(outcome.error, BadRequestError):
+            # SiliconFlow answers 400 for a requestId it does not know: the caller's mistake.
+            raise HTTPException(404, detail=f"unknown request id: {outcome.error.api_message}")
         if isinstance(outcome.error, WaitTimeoutError):
             raise HTTPException(504, detail=str(outcome.error))
         if outcome.error is not None:

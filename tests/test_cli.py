@@ -26,11 +26,11 @@ from typing import Any
 
 import pytest
 
-from siliconflow_video.testing import FakeSiliconFlow, SlowBody
+from siliconflow_video.testing import ExpiredURL, FakeSiliconFlow, SlowBody, not_found
 
 KEY = "sk-cli-test-8f3a1c77e2d94b0bb1a6"
 MiB = 1024 * 1024
-DOWNLOAD_KEYS = {"request_id", "status", "reason", "paths", "sha256", "error"}
+DOWNLOAD_KEYS = {"request_id", "status", "reason", "paths", "sha256", "files", "error"}
 WAIT_KEYS = DOWNLOAD_KEYS | {"urls"}
 
 
@@ -124,7 +124,7 @@ def test_download_saves_every_video_and_exits_0(server: FakeSiliconFlow, tmp_pat
     assert proc.returncode == 0, proc.stderr
     assert_clean(proc)
     lines = proc.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == [a, b]
+    assert sorted(line.split()[0] for line in lines) == sorted([a, b])
     assert all(line.split()[1] == "Succeed" for line in lines)
     for rid, count in ((a, 2), (b, 1)):
         for i in range(count):
@@ -135,7 +135,7 @@ def test_download_saves_every_video_and_exits_0(server: FakeSiliconFlow, tmp_pat
 
 
 def test_download_json_lines_shape_and_exit_1(server: FakeSiliconFlow, tmp_path: Path) -> None:
-    """download --json: one object per id in the order given, with the documented keys;
+    """download --json: one object per id as each finishes, with the documented keys;
     a failed job and an unknown id make exit 1 after the good id is downloaded."""
     failed = server.add_job(outcome="Failed", reason="content moderation")
     good = server.add_job(videos=[4096])
@@ -152,10 +152,10 @@ def test_download_json_lines_shape_and_exit_1(server: FakeSiliconFlow, tmp_path:
     )
     assert proc.returncode == 1, proc.stderr
     assert_clean(proc)
-    rows = json_lines(proc.stdout)
-    assert [r["request_id"] for r in rows] == [failed, "unknown-id", good]
-    assert all(set(r) == DOWNLOAD_KEYS for r in rows)
-    bad, unknown, ok = rows
+    rows = {r["request_id"]: r for r in json_lines(proc.stdout)}
+    assert len(rows) == len(proc.stdout.splitlines()) == 3
+    assert all(set(r) == DOWNLOAD_KEYS for r in rows.values())
+    bad, unknown, ok = rows[failed], rows["unknown-id"], rows[good]
     assert bad["status"] == "Failed"
     assert bad["reason"] == "content moderation"
     assert bad["error"] == {"type": "JobFailedError", "message": bad["error"]["message"]}
@@ -168,6 +168,15 @@ def test_download_json_lines_shape_and_exit_1(server: FakeSiliconFlow, tmp_path:
     assert ok["error"] is None
     assert ok["paths"] == [str(tmp_path / f"{good}_0.mp4")]
     assert ok["sha256"] == [server.video_sha256(good)] == [sha256_of(ok["paths"][0])]
+    assert ok["files"] == [
+        {
+            "path": ok["paths"][0],
+            "index": 0,
+            "size": 4096,
+            "sha256": ok["sha256"][0],
+            "reused": False,
+        }
+    ]
     # One clear line per problem on stderr, saying what to do.
     errors = error_lines(proc.stderr)
     assert len(errors) == 2
@@ -191,14 +200,14 @@ def test_ids_come_from_a_file_and_from_stdin(server: FakeSiliconFlow, tmp_path: 
         stdin=f"{c}\n{a}\n",
     )
     assert proc.returncode == 0, proc.stderr
-    assert [r["request_id"] for r in json_lines(proc.stdout)] == [c, a, b]
+    assert sorted(r["request_id"] for r in json_lines(proc.stdout)) == sorted([c, a, b])
     proc = cli("status", "--from-file", "-", "--json", env=env_for(server), stdin=f"{b}\n")
     assert proc.returncode == 0, proc.stderr
     assert [r["request_id"] for r in json_lines(proc.stdout)] == [b]
 
 
 def test_concurrency_and_timeout_options(server: FakeSiliconFlow, tmp_path: Path) -> None:
-    """download --timeout ends the wait for a job that runs too long (exit 1, WaitTimeoutError)
+    """download --timeout ends the wait for a job that runs too long (exit 3, WaitTimeoutError)
     while --concurrency/--max-requests are accepted and the other id is downloaded."""
     slow = server.add_job(queue_seconds=60)
     fast = server.add_job(videos=[2000])
@@ -217,9 +226,10 @@ def test_concurrency_and_timeout_options(server: FakeSiliconFlow, tmp_path: Path
         "--json",
         env=env_for(server),
     )
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     assert_clean(proc)
-    late, done = json_lines(proc.stdout)
+    rows = {r["request_id"]: r for r in json_lines(proc.stdout)}
+    late, done = rows[slow], rows[fast]
     assert late["status"] == "InQueue"
     assert late["error"]["type"] == "WaitTimeoutError"
     assert done["error"] is None
@@ -312,15 +322,20 @@ def test_submit_prints_the_request_id(server: FakeSiliconFlow, tmp_path: Path) -
         env=env_for(server),
     )
     assert proc.returncode == 0, proc.stderr
-    (row,) = json_lines(proc.stdout)
+    submitted, row = json_lines(proc.stdout)
+    assert submitted == {"request_id": row["request_id"], "submitted": True}
     assert set(row) == DOWNLOAD_KEYS
     assert row["error"] is None
     assert row["sha256"] == [None]  # one entry per path; hashing was not asked for
 
-    bad = cli("submit", "--model", "m", "--prompt", "p", "--image-size", "1x1", env=env_for(server))
-    assert bad.returncode == 1
-    assert_clean(bad)
-    assert error_lines(bad.stderr)[0].startswith("error: the API rejected the request")
+    # A size SiliconFlow rejects, and one that is no size at all: usage errors naming it.
+    for size in ("1x1", "big"):
+        args = ("submit", "--model", "m", "--prompt", "p", "--image-size", size)
+        bad = cli(*args, env=env_for(server))
+        assert bad.returncode == 2, bad.stderr
+        assert_clean(bad)
+        assert size in bad.stderr
+        assert "--image-size" in bad.stderr
 
 
 # --- exit codes and errors ---------------------------------------------------------------------
@@ -485,10 +500,10 @@ def test_unexpected_error_is_one_line_and_traceback_only_at_verbose(
 ) -> None:
     """A bug gives one 'unexpected' line (exit 1); its traceback only at -v, redacted."""
     script = (
-        "import sys, siliconflow_video._cli as c\n"
+        "import sys, siliconflow_video._cli as c, siliconflow_video._cli._commands as cmd\n"
         "async def boom(self):\n"
         f"    raise RuntimeError('kaput {KEY}')\n"
-        "c.Cli.status = boom\n"
+        "cmd.Cli.status = boom\n"
         "raise SystemExit(c.main(sys.argv[1:]))\n"
     )
     env = env_for(server)
@@ -555,6 +570,56 @@ def test_ctrl_c_keeps_the_partial_download(server: FakeSiliconFlow, tmp_path: Pa
     assert ranges[-1] == f"bytes={kept}-"
 
 
+def test_no_rerun_advice_where_a_rerun_cannot_help(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """A 404 from the video host, an expired URL with no fresh one and a failed job each say
+    what will help instead of 'run the same command again'."""
+    gone = server.add_job(videos=[1000])
+    server.add_fault("video", not_found(), request_id=gone, times=None)
+    expired = server.add_job(videos=[1000])
+    server.add_fault("video", ExpiredURL(), request_id=expired, times=None)
+    failed = server.add_job(outcome="Failed", reason="nsfw")
+    proc = cli("download", gone, expired, failed, "-o", str(tmp_path), env=env_for(server))
+    assert proc.returncode == 1, proc.stderr
+    assert_clean(proc)
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 3, proc.stderr
+    for rid in (gone, expired, failed):
+        (line,) = [e for e in errors if rid in e]
+        assert "run the same command again" not in line
+        assert "submit" in line.partition(" — ")[2]
+    (line,) = [e for e in errors if gone in e]
+    assert "HTTP 404" in line.partition(" — ")[2]
+
+
+def test_one_failure_is_printed_once_in_the_results_and_once_on_stderr(
+    server: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """A failed download: its message once on stdout (the result) and once on stderr (the
+    summary), not again in a progress line."""
+    rid = server.add_job(videos=[1000])
+    server.add_fault("video", not_found(), request_id=rid, times=None)
+    proc = cli("download", rid, "-o", str(tmp_path), env=env_for(server))
+    assert proc.returncode == 1, proc.stderr
+    message = "404 page not found"  # the host's answer, quoted in the error
+    assert proc.stdout.count(message) == 1
+    assert proc.stderr.count(message) == 1
+    (line,) = error_lines(proc.stderr)
+    assert message in line
+
+
+def test_demo_report_compares_each_file_with_its_own_digest(tmp_path: Path) -> None:
+    """When a job's first video failed, its second is checked against the second digest."""
+    from siliconflow_video import DownloadError, Outcome, VideoFile
+    from siliconflow_video._cli._demo import DemoRun, demo_report
+
+    second = VideoFile(tmp_path / "r_1.mp4", 10, "bb" * 32, reused=False, index=1)
+    outcome = Outcome("r", None, (second,), DownloadError("video 0 failed", request_id="r"))
+    run = DemoRun("http://127.0.0.1:1/v1", [outcome], {"r": ["aa" * 32, "bb" * 32]})
+    lines = demo_report(run, tmp_path)
+    (line,) = [line for line in lines if "r_1.mp4" in line]
+    assert line.endswith("verified")
+
+
 # --- demo, terminal, entry points --------------------------------------------------------------
 
 
@@ -616,6 +681,18 @@ def test_live_progress_bars_on_a_terminal(server: FakeSiliconFlow, tmp_path: Pat
     assert "\x1b" not in out
 
 
+def test_importing_the_library_loads_neither_rich_nor_the_cli() -> None:
+    """`import siliconflow_video` loads no rich and no part of the command line."""
+    code = (
+        "import siliconflow_video, sys\n"
+        "assert 'rich' not in sys.modules, 'rich'\n"
+        "cli = [m for m in sys.modules if m.split('.')[:2] == ['siliconflow_video', '_cli']]\n"
+        "assert not cli, cli\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_console_script_exit_codes(server: FakeSiliconFlow) -> None:
     """The installed console script exits with the same codes as python -m."""
     script = shutil.which("siliconflow-video", path=str(Path(sys.executable).parent))
@@ -629,3 +706,246 @@ def test_console_script_exit_codes(server: FakeSiliconFlow) -> None:
     assert run(["status", rid], env_for(server)) == 0
     assert run(["status", "unknown"], env_for(server)) == 1
     assert run(["status", rid], base_env()) == 2
+
+
+# --- results as they happen, stops, output trouble ------------------------------------------
+
+
+def start(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "siliconflow_video", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "word"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+def test_rows_come_as_ids_finish_and_survive_a_stop(
+    server: FakeSiliconFlow, tmp_path: Path, sig: int, code: int, word: str
+) -> None:
+    """A finished id's JSON line is on stdout while others still run; Ctrl-C or SIGTERM then
+    exits 130/143 with one line, the row printed and the partial file kept."""
+    fast = server.add_job(videos=[1000])
+    queued = server.add_job(queue_seconds=120)
+    big = server.add_job(videos=[6 * MiB])
+    server.add_fault("video", SlowBody(bytes_per_second=1 * MiB), request_id=big)
+    proc = start("download", fast, queued, big, "-o", str(tmp_path), "--json", env=env_for(server))
+    watchdog = threading.Timer(30, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        first = json.loads(proc.stdout.readline())
+        assert first["request_id"] == fast
+        assert first["files"][0]["size"] == 1000
+        assert proc.poll() is None  # the batch goes on
+        for line in proc.stderr:
+            if f"{big}: video 0:" in line:  # bytes of the big one are on disk
+                break
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        watchdog.cancel()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert out == ""  # nothing more finished; the fast row came before
+    assert err.strip().splitlines()[-1] == (
+        f"{word} — partial downloads are kept and will resume on the next run"
+    )
+    assert 0 < (tmp_path / f"{big}_0.mp4.part").stat().st_size < 6 * MiB
+
+
+def test_submit_download_prints_the_id_at_once(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """submit --download prints the requestId before waiting; a Ctrl-C then names it."""
+    defaults = server.submit_defaults
+    server.submit_defaults = {**defaults, "queue_seconds": 120}
+    try:
+        proc = start(
+            "submit", "--model", "m", "--prompt", "p", "--download", str(tmp_path),
+            env=env_for(server),
+        )  # fmt: skip
+        watchdog = threading.Timer(30, proc.kill)
+        watchdog.start()
+        try:
+            assert proc.stdout is not None
+            rid = proc.stdout.readline().strip()
+            assert rid in server.jobs
+            assert proc.poll() is None
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=20)
+        finally:
+            watchdog.cancel()
+    finally:
+        server.submit_defaults = defaults
+    assert proc.returncode == 130
+    assert f"siliconflow-video download {rid} -o {tmp_path}" in err
+
+
+def shell(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", "-c", command], env=env, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_closed_full_and_cut_stdout(server: FakeSiliconFlow) -> None:
+    """>&- and > /dev/full give one clear line; a pipe closed by head ends quietly."""
+    rid = server.add_job()
+    py = f"{sys.executable} -m siliconflow_video"
+    closed = shell(f"{py} status {rid} >&-", env_for(server))
+    assert closed.returncode == 2
+    (line,) = error_lines(closed.stderr)
+    assert "stdout is closed" in line
+    if Path("/dev/full").exists():
+        full = shell(f"{py} status {rid} > /dev/full", env_for(server))
+        assert full.returncode == 1
+        assert full.stderr.strip().splitlines() == [
+            "error: cannot write the results to stdout: No space left on device — free some "
+            "space where stdout goes, or send it elsewhere (> another/file)"
+        ]
+    ids = " ".join(server.add_job() for _ in range(300))
+    cut = shell(f"{py} status {ids} --json | head -n 1", env_for(server))
+    assert len(cut.stdout.splitlines()) == 1
+    assert cut.stderr == ""
+
+
+def test_small_usage_errors(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """Options are checked and named: --download FILE, an unknown option, -q -v, -o ''."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    env = env_for(server)
+    jobs = len(server.jobs)
+    proc = cli("submit", "--model", "m", "--prompt", "p", "--download", str(afile), env=env)
+    (line,) = error_lines(proc.stderr)
+    assert "another --download folder" in line
+    assert " -o " not in line
+    assert len(server.jobs) == jobs  # checked before paying for a video
+    unknown = cli("download", "abc", "--bogus", env=env)
+    assert unknown.returncode == 2
+    assert "usage: siliconflow-video download" in unknown.stderr
+    assert "--bogus" in unknown.stderr
+    both = cli("-q", "status", "abc", "-v", env=env)
+    assert both.returncode == 2
+    assert "-q and -v" in both.stderr
+    empty = cli("download", "abc", "-o", "", env=env)
+    assert empty.returncode == 2
+    assert "folder name is empty" in empty.stderr
+
+
+def test_rejected_api_key_option_is_named(server: FakeSiliconFlow) -> None:
+    """A rejected --api-key is named as --api-key, not as the environment variable."""
+    rid = server.add_job()
+    env = base_env(SILICONFLOW_BASE_URL=server.base_url)
+    proc = cli("--api-key", "sk-wrong", "status", rid, env=env)
+    assert proc.returncode == 2
+    (line,) = error_lines(proc.stderr)
+    assert "check --api-key" in line
+    assert "SILICONFLOW_API_KEY" not in line
+
+
+def test_status_dash_on_a_terminal_says_it_reads_stdin(server: FakeSiliconFlow) -> None:
+    """status - with stdin on a terminal prints a hint, then reads the ids typed."""
+    rid = server.add_job()
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "siliconflow_video", "status", "-"],
+        env=env_for(server),
+        stdin=follower,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(follower)
+    os.write(leader, f"{rid}\n".encode())
+    os.write(leader, b"\x04")  # Ctrl-D at the start of a line: end of input
+    out, err = proc.communicate(timeout=30)
+    os.close(leader)
+    assert proc.returncode == 0, err
+    assert "reading request ids from stdin" in err
+    assert out.split()[:2] == [rid, "Succeed"]
+
+
+# --- options ------------------------------------------------------------------------------------
+
+
+def test_name_template(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """--name names the files; a bad or unsafe template, or one that gives two ids the
+    same name, is refused."""
+    rid = server.add_job(videos=[1000, 1000])
+    env = env_for(server)
+    proc = cli("download", rid, "-o", str(tmp_path), "--name", "clip-{index}-{request_id}{ext}",
+               env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    for i in (0, 1):
+        assert sha256_of(tmp_path / f"clip-{i}-{rid}.mp4") == server.video_sha256(rid, i)
+    for bad in ("{nope}{ext}", "../{request_id}_{index}{ext}", ".{request_id}{index}"):
+        refused = cli("download", rid, "-o", str(tmp_path), "--name", bad, env=env)
+        assert refused.returncode == 2, bad
+        assert_clean(refused)
+        assert "--name" in refused.stderr
+    a, b = server.add_job(videos=[10]), server.add_job(videos=[10])
+    same = cli("download", a, b, "-o", str(tmp_path / "s"), "--name", "v{index}{ext}", env=env)
+    assert same.returncode == 1
+    assert len(list((tmp_path / "s").glob("*.mp4"))) == 1
+    assert "--name gives 'v0.mp4'" in same.stderr
+
+
+def test_retries_and_read_timeout(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """--retries 0 makes one 503 from the video host final; --read-timeout cuts a silent
+    host off after that many seconds."""
+    from siliconflow_video.testing import StallMidBody, server_error
+
+    rid = server.add_job(videos=[1000])
+    server.add_fault("video", server_error(503), request_id=rid)
+    proc = cli("download", rid, "-o", str(tmp_path), "--retries", "0", env=env_for(server))
+    assert proc.returncode == 1
+    assert "after 1 tries" in proc.stderr
+    stalled = server.add_job(videos=[100_000])
+    server.add_fault("video", StallMidBody(after_bytes=1000, seconds=10), request_id=stalled)
+    args = ("--retries", "0", "--read-timeout", "0.3", "--connect-timeout", "5")
+    proc = cli("download", stalled, "-o", str(tmp_path), *args, env=env_for(server))
+    assert proc.returncode == 1
+    assert "read timeout 0.3 s" in proc.stderr
+
+
+def test_id_files_with_inline_comments_commas_and_spaces(
+    server: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """An id file may hold inline # comments and several ids per line, split by , or spaces."""
+    a, b, c, d = (server.add_job() for _ in range(4))
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"{a}  # the first\n{b}, {c}\n{d} {a}\n")
+    proc = cli("status", "--from-file", str(ids), "--json", env=env_for(server))
+    assert proc.returncode == 0, proc.stderr
+    assert [r["request_id"] for r in json_lines(proc.stdout)] == [a, b, c, d]
+
+
+# --- plain mode --------------------------------------------------------------------------------
+
+
+def test_plain_progress_says_each_change_once_and_sums_up(
+    server: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """Off a terminal: each state change is one line, and a last line sums the run up;
+    a rerun counts the files already complete."""
+    a = server.add_job(queue_seconds=0.2, run_seconds=0.2, videos=[3000])
+    b = server.add_job(videos=[5000])
+    proc = cli("download", a, b, "-o", str(tmp_path), env=env_for(server))
+    assert proc.returncode == 0, proc.stderr
+    for rid in (a, b):
+        assert proc.stderr.count(f"{rid}: Succeed, downloading") == 1
+        assert proc.stderr.count(f"{rid}: done") == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"summary: 2 succeeded \(0 already complete\), 0 failed, 0 unfinished; "
+        r"7\.8 KiB downloaded in \d+\.\d s",
+        last,
+    ), last
+    again = cli("download", a, b, "-o", str(tmp_path), env=env_for(server))
+    assert "summary: 2 succeeded (2 already complete), 0 failed" in again.stderr
+    assert "0 B downloaded" in again.stderr

@@ -48,6 +48,21 @@ async def test_fastapi_example_downloads_in_a_handler(
     assert "nsfw" in bad.json()["detail"]
 
 
+async def test_fastapi_example_answers_404_for_an_unknown_id(
+    fake: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """An id SiliconFlow does not know is the caller's mistake: 404, not 502."""
+    app = load("fastapi_app").create_app(
+        api_key=fake.api_key, base_url=fake.base_url, video_dir=tmp_path
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+            answer = await http.post("/videos/no-such-id/download")
+    assert answer.status_code == 404
+    assert "unknown request id" in answer.json()["detail"]
+
+
 async def test_quickstart_runs_against_the_fake(fake: FakeSiliconFlow, tmp_path: Path) -> None:
     """The README quickstart script submits, waits and downloads a video."""
     fake.submit_defaults = {"run_seconds": 0.2, "videos": (50_000,)}

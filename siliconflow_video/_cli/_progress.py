@@ -20,9 +20,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
 from rich.text import Text
 
-from ._models import EventKind, ProgressEvent, Status, VideoStatus
+from .._models import EventKind, ProgressEvent, Status, VideoStatus
+from ._rows import human_size, printable, write_text
 
-__all__ = ["Display", "DisplayHandler", "LiveDisplay", "PlainDisplay", "human_size"]
+__all__ = ["Display", "DisplayHandler", "LiveDisplay", "PlainDisplay"]
 
 log = logging.getLogger("siliconflow_video.cli")
 
@@ -32,40 +33,14 @@ MAX_ROWS = 12
 PLAIN_BYTES_EVERY = 2.0
 
 
-def human_size(size: int | None) -> str:
-    """``3.0 MiB`` and the like; ``?`` when unknown."""
-    if size is None:
-        return "?"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def printable(text: str) -> str:
-    """``text`` itself, or its repr when it holds control characters (ids are untrusted)."""
-    return text if text.isprintable() else repr(text)
-
-
-def write_text(stream: TextIO, text: str) -> None:
-    """Write one line, replacing what the stream's encoding cannot hold."""
-    try:
-        stream.write(text + "\n")
-    except UnicodeEncodeError:
-        encoding = getattr(stream, "encoding", None) or "ascii"
-        stream.write(text.encode(encoding, "backslashreplace").decode(encoding) + "\n")
-    stream.flush()
-
-
 class _Job:
     """What a display knows of one id."""
 
-    __slots__ = ("done", "failed", "state", "videos")
+    __slots__ = ("done", "failed", "last_status", "state", "videos")
 
     def __init__(self) -> None:
         self.state = "waiting"
+        self.last_status: Status | None = None
         self.videos: dict[int, tuple[int, int | None]] = {}  # index -> (done, total)
         self.done = False
         self.failed = False
@@ -129,7 +104,7 @@ class Display:
     def _event(self, event: ProgressEvent) -> None:
         job = self.jobs.setdefault(event.request_id, _Job())
         if event.kind is EventKind.STATUS and event.status is not None:
-            self._status(event.request_id, job, event.status)
+            self._changed(event.request_id, job, event.status)
         elif event.kind is EventKind.BYTES and event.index is not None:
             job.videos[event.index] = (event.bytes_done, event.bytes_total)
             self._bytes(event.request_id, job, event.index)
@@ -144,9 +119,15 @@ class Display:
         job = self.jobs.setdefault(request_id, _Job())
 
         def on_status(status: VideoStatus) -> None:
-            self._status(request_id, job, status.status)
+            self._changed(request_id, job, status.status)
 
         return on_status
+
+    def _changed(self, request_id: str, job: _Job, status: Status) -> None:
+        # Every poll reports the status it read: show only the changes, each once.
+        if status is not job.last_status and not job.done:
+            job.last_status = status
+            self._status(request_id, job, status)
 
     def finished(self, request_id: str, error: BaseException | None) -> None:
         """The id is done, with ``error`` or without."""
@@ -219,10 +200,8 @@ class PlainDisplay(Display):
         )
 
     def _done(self, request_id: str, job: _Job, error: BaseException | None) -> None:
-        if error is None:
-            log.info("%s: done", printable(request_id))
-        else:
-            log.info("%s: did not succeed: %s", printable(request_id), error)
+        # The error itself is printed once, in the results and the closing summary.
+        log.info("%s: %s", printable(request_id), "done" if error is None else "failed")
 
 
 class _BytesColumn(ProgressColumn):

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import attrs
 
-from ._client import AsyncClient
-from ._config import DownloadPolicy
-from ._models import Outcome, ProgressCallback
-from ._progress import human_size
+from .._client import AsyncClient
+from .._config import DownloadPolicy
+from .._models import Outcome, ProgressCallback
+from ._rows import human_size
 
 __all__ = ["DEMO_JOBS", "DEMO_MODEL", "DemoRun", "demo_report", "run_demo"]
 
@@ -65,7 +65,7 @@ async def run_demo(
     """Run the whole demo and return what happened. ``on_submitted`` hears the ids before
     the wait begins (to start a progress display)."""
     # Imported here: the testing package is only needed by the demo.
-    from .testing import FakeSiliconFlow, SlowBody
+    from ..testing import FakeSiliconFlow, SlowBody
 
     fake = FakeSiliconFlow(
         api_key=f"sk-demo-{secrets.token_hex(8)}",
@@ -109,8 +109,10 @@ def demo_report(run: DemoRun, dest: Path) -> list[str]:
     lines = [f"Downloaded {len(files)} videos into {dest.resolve()}:"]
     for outcome in run.outcomes:
         expected = run.expected_sha256.get(outcome.request_id, [])
-        for index, file in enumerate(outcome.files):
-            verified = index < len(expected) and expected[index] == file.sha256
+        for file in outcome.files:
+            # By the video's own index: when one video of a job fails, the files that
+            # follow it do not move up into its place.
+            verified = file.index < len(expected) and expected[file.index] == file.sha256
             mark = "verified" if verified else "MISMATCH"
             lines.append(
                 f"  {file.path.resolve()}  {human_size(file.size)}  sha256 {file.sha256}  {mark}"

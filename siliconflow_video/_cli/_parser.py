@@ -1,0 +1,400 @@
+"""The argument parser of ``siliconflow-video``, and the ids its commands read (from the
+arguments, from files, or from stdin)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from .._config import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
+from .._exceptions import UnsafeFileNameError
+from .._naming import safe_stem, target_path
+from ._explain import UsageError
+
+__all__ = ["IMAGE_SIZE", "build_parser", "collect_ids", "name_from_template", "parse"]
+
+#: What an --image-size must look like; which sizes a model takes is SiliconFlow's to say.
+IMAGE_SIZE = re.compile(r"[1-9][0-9]{1,4}x[1-9][0-9]{1,4}")
+#: The fields a --name template may use.
+NAME_FIELDS = ("request_id", "index", "ext")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _folder(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the folder name is empty")
+    return text
+
+
+def _image_size(text: str) -> str:
+    if not IMAGE_SIZE.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size like 1280x720 (width x height in pixels)"
+        )
+    return text
+
+
+def name_from_template(template: str, request_id: str, index: int, ext: str) -> str:
+    """The file name a --name template gives one video; ``{request_id}`` is the id made safe
+    for a file name (as in the default names). Raises KeyError, ValueError or IndexError
+    for a template that does not format."""
+    return template.format(request_id=safe_stem(request_id), index=index, ext=ext)
+
+
+def _name_template(text: str) -> str:
+    try:
+        sample = name_from_template(text, "0123abcd-sample", 0, ".mp4")
+    except (KeyError, IndexError, ValueError) as exc:
+        fields = ", ".join("{" + f + "}" for f in NAME_FIELDS)
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a usable template ({type(exc).__name__}: {exc}); it may use {fields}"
+        ) from None
+    try:
+        target_path(Path("videos"), sample)
+    except UnsafeFileNameError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} gives unsafe names: {exc}") from None
+    return text
+
+
+def _add_globals(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # The same options on the main parser and on each command, so they work before or
+    # after the command name; on the commands they default to "not given" (SUPPRESS) so
+    # they never overwrite a value given before the command.
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    group = parser.add_argument_group("global options")
+    group.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=default(None),
+        help=f"the API key; prefer the {API_KEY_ENV} environment variable, as a key on "
+        "the command line shows in the process list and the shell history",
+    )
+    group.add_argument(
+        "--base-url",
+        metavar="URL",
+        default=default(None),
+        help=f"the API base URL (default: ${BASE_URL_ENV}, else {DEFAULT_BASE_URL}; "
+        "accounts on siliconflow.com use https://api.siliconflow.com/v1)",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default(False),
+        help="debug logs on stderr (the key is always redacted)",
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default(False),
+        help="no progress on stderr, only errors",
+    )
+
+
+def _add_ids(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "ids",
+        nargs="*",
+        metavar="ID",
+        help="request ids (requestId of /video/submit); '-' reads them from stdin",
+    )
+    parser.add_argument(
+        "--from-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="read ids from FILE, one per line ('-': stdin; blank lines and # comments "
+        "are skipped); may be repeated",
+    )
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON Lines on stdout, one object per id in the order given",
+    )
+
+
+def _add_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="S",
+        help="stop waiting after S seconds (jobs go on at SiliconFlow; default: no limit)",
+    )
+
+
+def _add_max_requests(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-requests",
+        type=_positive_int,
+        default=16,
+        metavar="N",
+        help="at most N API requests in flight (default: 16)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``siliconflow-video``."""
+    return _build()[0]
+
+
+def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The main parser, and each command's by name."""
+    from .. import __version__
+
+    common = argparse.ArgumentParser(add_help=False)
+    _add_globals(common, suppress=True)
+
+    parser = argparse.ArgumentParser(
+        prog="siliconflow-video",
+        description="Wait for SiliconFlow video jobs and download every video.",
+        epilog="exit codes: 0 all succeeded, 1 a job or download failed, 2 usage or "
+        "configuration error, 3 --timeout ran out (the jobs go on), 130 interrupted, "
+        f"143 terminated. The key is read from {API_KEY_ENV}. "
+        "Try 'siliconflow-video demo': it needs no key and no network.",
+    )
+    _add_globals(parser, suppress=False)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    download = commands.add_parser(
+        "download",
+        parents=[common],
+        help="wait for jobs and download all their videos",
+        description="Wait for every id and download all its videos into DIR. Files appear "
+        "under their final name only when complete; a rerun skips finished files and "
+        "resumes partial ones.",
+    )
+    _add_ids(download)
+    download.add_argument(
+        "-o",
+        "--output",
+        type=_folder,
+        default=".",
+        metavar="DIR",
+        help="folder for the videos, created if needed (default: the current folder)",
+    )
+    download.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="at most N videos downloading at once (default: 4)",
+    )
+    download.add_argument(
+        "--sha256",
+        action="store_true",
+        help="compute each video's sha256 while it downloads (costs about as much CPU as "
+        "the download; printed with --json)",
+    )
+    download.add_argument(
+        "--name",
+        type=_name_template,
+        metavar="TEMPLATE",
+        help="file names from TEMPLATE, e.g. '{request_id}_{index}{ext}' (the default); "
+        "{request_id} is the id made safe for a file name, {ext} the video's suffix",
+    )
+    download.add_argument(
+        "--retries",
+        type=_non_negative_int,
+        metavar="N",
+        help="retry a failing API request or video transfer up to N times "
+        "(default: 3 per API request, 7 per video)",
+    )
+    download.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        metavar="S",
+        help="give up connecting to the video host after S seconds (default: 30)",
+    )
+    download.add_argument(
+        "--read-timeout",
+        type=_positive_float,
+        metavar="S",
+        help="give up on a video host silent for S seconds (default: 60)",
+    )
+    _add_timeout(download)
+    _add_max_requests(download)
+    _add_json(download)
+
+    status = commands.add_parser(
+        "status",
+        parents=[common],
+        help="print the current status of jobs",
+        description="Ask once for the status of each id.",
+    )
+    _add_ids(status)
+    _add_max_requests(status)
+    _add_json(status)
+
+    wait = commands.add_parser(
+        "wait",
+        parents=[common],
+        help="wait for jobs and print their video URLs",
+        description="Wait for every id without downloading; print each job's video URLs "
+        "(valid for one hour).",
+    )
+    _add_ids(wait)
+    _add_timeout(wait)
+    _add_max_requests(wait)
+    _add_json(wait)
+
+    submit = commands.add_parser(
+        "submit",
+        parents=[common],
+        help="submit a job and print its requestId",
+        description="Submit one generation job and print its requestId; with --wait or "
+        "--download, also wait for it.",
+    )
+    submit.add_argument("--model", required=True, help="e.g. Wan-AI/Wan2.2-T2V-A14B")
+    submit.add_argument("--prompt", required=True, help="what the video shows")
+    submit.add_argument(
+        "--image-size",
+        type=_image_size,
+        default="1280x720",
+        metavar="WxH",
+        help="1280x720 (default), 720x1280 or 960x960",
+    )
+    submit.add_argument("--negative-prompt", metavar="TEXT", help="what the video avoids")
+    submit.add_argument(
+        "--image",
+        metavar="PATH|URL",
+        help="the first frame, for image-to-video models: a file or an http(s) URL",
+    )
+    submit.add_argument("--seed", type=int, metavar="N", help="a fixed seed")
+    submit.add_argument("--wait", action="store_true", help="wait for the job and print its URLs")
+    submit.add_argument(
+        "--download",
+        type=_folder,
+        metavar="DIR",
+        help="wait for the job and download its videos into DIR (checked before submitting)",
+    )
+    _add_timeout(submit)
+    _add_json(submit)
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[common],
+        help="try it all offline: no key, no network",
+        description="Start the package's fake SiliconFlow on loopback, submit three jobs, "
+        "wait for them and download the videos with progress. Needs no key and no "
+        "network; the global --api-key and --base-url are not used.",
+    )
+    demo.add_argument(
+        "-o",
+        "--output",
+        type=_folder,
+        default="siliconflow-demo",
+        metavar="DIR",
+        help="folder for the demo videos (default: ./siliconflow-demo)",
+    )
+    _add_json(demo)
+    return parser, {
+        "download": download,
+        "status": status,
+        "wait": wait,
+        "submit": submit,
+        "demo": demo,
+    }
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The parsed command line; exits 2 (through argparse) with the usage of the command
+    concerned for a bad one."""
+    parser, commands = _build()
+    args, extra = parser.parse_known_args(argv)
+    # An option the command does not know: the command's own usage, not the main one.
+    command = commands[args.command]
+    if extra:
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.quiet and args.verbose:
+        command.error("-q and -v cannot be used together: choose one")
+    return args
+
+
+def _read_lines(name: str) -> list[str]:
+    """Ids from a file or stdin: blank lines and # comments (whole-line or inline) skipped,
+    several ids on a line separated by commas or spaces."""
+    if name == "-":
+        if sys.stdin.isatty():
+            print(
+                "reading request ids from stdin, one per line; end with Ctrl-D",
+                file=sys.stderr,
+            )
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(name).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            raise UsageError(
+                f"cannot read ids from {name}: {reason or exc}",
+                "check the --from-file path",
+            ) from None
+    ids = []
+    for line in text.splitlines():
+        ids += [rid for rid in re.split(r"[\s,]+", line.partition("#")[0]) if rid]
+    return ids
+
+
+def collect_ids(args: argparse.Namespace) -> list[str]:
+    """Every id given, in order, each once."""
+    ids: list[str] = []
+    stdin_read = False
+    for item in args.ids:
+        if item == "-":
+            if not stdin_read:
+                ids += _read_lines("-")
+                stdin_read = True
+        elif not item.strip():
+            raise UsageError("an empty request id was given", "check the command's arguments")
+        else:
+            ids.append(item.strip())
+    for name in args.from_file:
+        if name == "-" and stdin_read:
+            continue
+        stdin_read = stdin_read or name == "-"
+        ids += _read_lines(name)
+    if not ids:
+        raise UsageError(
+            "no request ids given",
+            "pass ids as arguments, or --from-file FILE ('-' for stdin)",
+        )
+    return list(dict.fromkeys(ids))

@@ -1,0 +1,122 @@
+"""What stdout shows: one row per id, as text or as a JSON object, and the text helpers
+every part of the command line prints through."""
+
+from __future__ import annotations
+
+from typing import Any, TextIO
+
+import attrs
+
+from .._exceptions import JobFailedError
+from .._models import Outcome, Status, VideoFile, VideoStatus
+from ._explain import explain
+
+__all__ = ["Row", "human_size", "printable", "write_text"]
+
+
+def human_size(size: int | None) -> str:
+    """``3.0 MiB`` and the like; ``?`` when unknown."""
+    if size is None:
+        return "?"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def printable(text: str) -> str:
+    """``text`` itself, or its repr when it holds control characters (ids are untrusted)."""
+    return text if text.isprintable() else repr(text)
+
+
+def write_text(stream: TextIO, text: str) -> None:
+    """Write one line, replacing what the stream's encoding cannot hold."""
+    try:
+        stream.write(text + "\n")
+    except UnicodeEncodeError:
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        stream.write(text.encode(encoding, "backslashreplace").decode(encoding) + "\n")
+    stream.flush()
+
+
+@attrs.frozen
+class Row:
+    """What the CLI prints for one id."""
+
+    request_id: str
+    status: str | None = None
+    reason: str | None = None
+    paths: tuple[str, ...] = ()
+    sha256: tuple[str | None, ...] = ()  # one per path; None where not computed
+    error: BaseException | None = None
+    urls: tuple[str, ...] | None = None  # None: a download row, which has no "urls" key
+    files: tuple[VideoFile, ...] = ()
+
+    @classmethod
+    def from_outcome(cls, outcome: Outcome) -> Row:
+        status = outcome.status
+        return cls(
+            request_id=outcome.request_id,
+            status=status.status.value if status else None,
+            reason=(status.reason or None) if status else None,
+            paths=tuple(str(f.path) for f in outcome.files),
+            sha256=tuple(f.sha256 for f in outcome.files),
+            error=outcome.error,
+            files=outcome.files,
+        )
+
+    @classmethod
+    def from_status(
+        cls, request_id: str, status: VideoStatus | None, error: BaseException | None
+    ) -> Row:
+        if error is None and status is not None and status.status is Status.FAILED:
+            error = JobFailedError(request_id, status.reason)
+        return cls(
+            request_id=request_id,
+            status=status.status.value if status else None,
+            reason=(status.reason or None) if status else None,
+            error=error,
+            urls=tuple(status.urls) if status else (),
+        )
+
+    def to_json(self, base_url: str) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "request_id": self.request_id,
+            "status": self.status,
+            "reason": self.reason,
+            "paths": list(self.paths),
+            "sha256": list(self.sha256),
+            "files": [
+                {
+                    "path": str(f.path),
+                    "index": f.index,
+                    "size": f.size,
+                    "sha256": f.sha256,
+                    "reused": f.reused,
+                }
+                for f in self.files
+            ],
+            "error": None,
+        }
+        if self.urls is not None:
+            data["urls"] = list(self.urls)
+        if self.error is not None:
+            data["error"] = {
+                "type": type(self.error).__name__,
+                "message": explain(self.error, base_url)[0],
+            }
+        return data
+
+    def to_text(self, width: int, base_url: str) -> str:
+        parts = [printable(self.request_id).ljust(width), (self.status or "-").ljust(10)]
+        if isinstance(self.error, JobFailedError):
+            parts.append(f"reason: {self.error.reason or 'none given'}")
+        else:
+            parts += list(self.paths)
+            if self.urls:
+                parts += list(self.urls)
+            if self.error is not None:
+                parts.append(f"error: {explain(self.error, base_url)[0]}")
+        return "  ".join(parts).rstrip()
