@@ -58,7 +58,7 @@ async def test_outcomes_come_back_in_order_and_typed(
             assert video.size == len(expected)
             assert video.sha256 is None  # not asked for: DownloadPolicy(sha256=False)
     assert outcomes[0].paths == [tmp_path / f"{two}_0.mp4", tmp_path / f"{two}_1.mp4"]
-    videos = (p for p in tmp_path.iterdir() if not p.name.endswith(".complete.json"))
+    videos = (p for p in tmp_path.iterdir() if p.name != ".siliconflow-video")
     assert sorted(p.name for p in videos) == sorted(p.name for o in outcomes for p in o.paths)
 
 

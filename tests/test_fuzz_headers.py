@@ -344,7 +344,7 @@ def test_any_video_headers_end_in_the_video_or_a_download_error(
         except (DownloadError, TimeoutError) as exc:
             result = exc
         assert not isinstance(result, TimeoutError), f"hung: {host.seen[path_on_host]}"
-        kept = ("v.mp4", "v.mp4.complete.json")  # the video and its completion record
+        kept = ("v.mp4", ".siliconflow-video")  # the video and its completion record
         leftovers = sorted(p.name for p in Path(folder).iterdir() if p.name not in kept)
         if isinstance(result, VideoFile):
             data = path.read_bytes()

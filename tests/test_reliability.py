@@ -68,7 +68,7 @@ KIB = 1024
 MIB = 1024 * KIB
 LEFTOVER_SUFFIXES = (".part", ".part.json", ".part.json.tmp")
 #: The completion record kept beside each finished video: bookkeeping, not a video.
-RECORD_SUFFIX = ".complete.json"
+STATE_DIR = ".siliconflow-video"  # the completion records
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -76,7 +76,9 @@ RECORD_SUFFIX = ".complete.json"
 
 def final_files(folder: Path) -> list[Path]:
     return sorted(
-        p for p in folder.iterdir() if not p.name.endswith((*LEFTOVER_SUFFIXES, RECORD_SUFFIX))
+        p
+        for p in folder.iterdir()
+        if not p.name.endswith(LEFTOVER_SUFFIXES) and p.name != STATE_DIR
     )
 
 

@@ -198,11 +198,15 @@ class CompletionRecords(Protocol):
         """Record ``completion`` for the file at ``path``, atomically."""
 
 
+#: The destination's hidden folder for what the library keeps about it.
+STATE_DIR = ".siliconflow-video"
+
+
 class SidecarRecords:
-    """Each record in ``<name>.complete.json`` beside the file it describes."""
+    """Each record in ``.siliconflow-video/<name>.complete.json`` in the file's folder."""
 
     def location(self, path: Path) -> Path:
-        return path.with_name(path.name + ".complete.json")
+        return path.parent / STATE_DIR / (path.name + ".complete.json")
 
     def load(self, path: Path) -> Completion | None:
         try:
@@ -222,6 +226,7 @@ class SidecarRecords:
 
     def save(self, path: Path, completion: Completion) -> None:
         record = self.location(path)
+        record.parent.mkdir(mode=0o700, exist_ok=True)
         tmp = record.with_name(record.name + ".tmp")
         tmp.write_text(json.dumps(attrs.asdict(completion)), encoding="utf-8")
         os.replace(tmp, record)
