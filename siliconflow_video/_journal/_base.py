@@ -101,7 +101,7 @@ def strip_query(url: str | None) -> str | None:
     return None if url is None else redact_url(url)
 
 
-def _when(seconds: float | None) -> datetime | None:
+def moment_of(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 

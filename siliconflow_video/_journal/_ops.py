@@ -14,7 +14,7 @@ from typing import Any
 
 from .._exceptions import ConfigurationError, JournalStateError, LeaseHeldError, UnknownJobError
 from .._logging import logger
-from ._base import ErrorInfo, JobRecord, JobState, Lease, _when
+from ._base import ErrorInfo, JobRecord, JobState, Lease, moment_of
 from ._owners import holder_is_live, machine_id
 from ._schema import read_jobs
 from ._writer import Tx
@@ -215,7 +215,7 @@ def live(holder: sqlite3.Row, now: float) -> bool:
 def held_error(path: str, job_key: str, index: int | None, holder: sqlite3.Row) -> LeaseHeldError:
     return LeaseHeldError(
         f"{what(job_key, index)} is being worked on by {holder['owner']} (lease until "
-        f"{_when(holder['until'])}); it will be free when that process stops",
+        f"{moment_of(holder['until'])}); it will be free when that process stops",
         path=path,
         owner=holder["owner"],
         expires_at=holder["until"],
@@ -242,7 +242,7 @@ def take_lease(tx: Tx, job_key: str, idx: int, lease_seconds: float) -> Lease:
         "THEN claimed_at ELSE excluded.claimed_at END",
         (job_key, idx, tx.owner, until, tx.now),
     )
-    when = _when(until)
+    when = moment_of(until)
     assert when is not None
     return Lease(job_key, None if idx < 0 else idx, tx.owner, when)
 

@@ -26,7 +26,7 @@ from .._exceptions import (
     JournalReadOnlyError,
     JournalVersionError,
 )
-from ._base import ErrorInfo, JobRecord, JobState, VideoRecord, VideoState, _when
+from ._base import ErrorInfo, JobRecord, JobState, VideoRecord, VideoState, moment_of
 from ._owners import holder_is_live
 
 __all__ = ["APPLICATION", "SCHEMA_VERSION", "connect", "read_jobs", "translate"]
@@ -366,7 +366,7 @@ def _video(row: sqlite3.Row) -> VideoRecord:
         index=row["idx"],
         state=VideoState(row["state"]),
         url=row["url"],
-        url_seen_at=_when(row["url_seen_at"]),
+        url_seen_at=moment_of(row["url_seen_at"]),
         size=row["size"],
         etag=row["etag"],
         last_modified=row["last_modified"],
@@ -374,8 +374,8 @@ def _video(row: sqlite3.Row) -> VideoRecord:
         path=row["path"],
         sha256=row["sha256"],
         error=_error(row),
-        updated_at=_when(row["updated_at"]),
-        finished_at=_when(row["finished_at"]),
+        updated_at=moment_of(row["updated_at"]),
+        finished_at=moment_of(row["finished_at"]),
     )
 
 
@@ -412,14 +412,14 @@ def _job(row: sqlite3.Row, videos: tuple[VideoRecord, ...], now: float) -> JobRe
         error=_error(row),
         poll_count=row["poll_count"],
         inference_s=row["inference_s"],
-        created_at=_when(row["created_at"]),
-        submitted_at=_when(row["submitted_at"]),
-        updated_at=_when(row["updated_at"]),
-        last_polled_at=_when(row["last_polled_at"]),
-        finished_at=_when(row["finished_at"]),
+        created_at=moment_of(row["created_at"]),
+        submitted_at=moment_of(row["submitted_at"]),
+        updated_at=moment_of(row["updated_at"]),
+        last_polled_at=moment_of(row["last_polled_at"]),
+        finished_at=moment_of(row["finished_at"]),
         videos=videos,
         lease_owner=row["lease_owner"] if live else None,
-        lease_expires_at=_when(row["lease_until"]) if live else None,
+        lease_expires_at=moment_of(row["lease_until"]) if live else None,
     )
 
 
