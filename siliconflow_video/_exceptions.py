@@ -7,6 +7,7 @@ failed on SiliconFlow's side, and a *download* that failed on the way to disk.
 
     SiliconFlowError
     ├── ConfigurationError                  (also ValueError) no key, bad base URL, ...
+    │   └── InvalidDestinationError         not a folder nor a well-formed s3://BUCKET/PREFIX
     ├── UnsafeFileNameError                 (also ValueError) a name that would leave the folder
     ├── APIError                            a request to the API failed
     │   ├── APIConnectionError              could not connect, or the connection dropped
@@ -24,11 +25,21 @@ failed on SiliconFlow's side, and a *download* that failed on the way to disk.
     │           └── GatewayTimeoutError     504
     ├── JobFailedError                      the job ended "Failed": not an API failure
     ├── WaitTimeoutError                    (also TimeoutError) wait(timeout=...) ran out
-    └── DownloadError                       a video could not be brought to disk
-        └── VideoURLExpiredError            the URL expired and no fresh one came back
+    ├── DownloadError                       a video could not be brought to disk
+    │   └── VideoURLExpiredError            the URL expired and no fresh one came back
+    └── StorageError                        a request to the object store (S3) failed
+        ├── StorageConnectionError          (also ConnectionError) endpoint unreachable
+        ├── StorageAuthenticationError      no credentials, unknown key, wrong secret
+        ├── StoragePermissionError          the credentials may not do this (AccessDenied)
+        ├── NoSuchBucketError               the bucket does not exist
+        ├── NoSuchUploadError               the multipart upload is gone (done or aborted)
+        ├── StorageUnavailableError         5xx / SlowDown, still failing after retries
+        └── IncompleteUploadError           fewer or more bytes than the video's size
 
 Errors that concern one job carry its ``request_id`` (``None`` when there is no job, as for
 ``submit``).
+
+Object-store errors carry ``bucket`` and ``key`` and never the secret access key.
 """
 
 from __future__ import annotations
@@ -45,8 +56,12 @@ __all__ = [
     "ConfigurationError",
     "DownloadError",
     "GatewayTimeoutError",
+    "IncompleteUploadError",
+    "InvalidDestinationError",
     "JobFailedError",
     "MalformedResponseError",
+    "NoSuchBucketError",
+    "NoSuchUploadError",
     "NotFoundError",
     "OverloadedError",
     "PaymentRequiredError",
@@ -54,6 +69,11 @@ __all__ = [
     "RateLimitError",
     "ServerError",
     "SiliconFlowError",
+    "StorageAuthenticationError",
+    "StorageConnectionError",
+    "StorageError",
+    "StoragePermissionError",
+    "StorageUnavailableError",
     "UnsafeFileNameError",
     "VideoURLExpiredError",
     "WaitTimeoutError",
@@ -275,3 +295,71 @@ class DownloadError(SiliconFlowError):
 
 class VideoURLExpiredError(DownloadError):
     """The video URL expired (they live one hour) and ``/video/status`` gave no fresh one."""
+
+
+# --- object storage (s3://BUCKET/PREFIX destinations) -------------------------------------
+
+
+class InvalidDestinationError(ConfigurationError):
+    """A destination that is neither a folder nor a well-formed ``s3://BUCKET/PREFIX``."""
+
+
+class StorageError(SiliconFlowError):
+    """A request to the object store failed.
+
+    ``code`` is the S3 error code when the store sent one (``NoSuchBucket``, ``SlowDown``),
+    ``status_code`` its HTTP status. ``retryable`` is True when the same request may
+    succeed later: the multipart upload stays open, and a later try resumes it.
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        bucket: str | None = None,
+        key: str | None = None,
+        code: str | None = None,
+        status_code: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, request_id=request_id)
+        self.bucket = bucket
+        self.key = key
+        self.code = code
+        self.status_code = status_code
+
+
+class StorageConnectionError(StorageError, ConnectionError):
+    """The object store's endpoint could not be reached, or the connection broke."""
+
+    retryable = True
+
+
+class StorageAuthenticationError(StorageError):
+    """No credentials were found, or the store rejected them (unknown access key, wrong
+    secret, expired token)."""
+
+
+class StoragePermissionError(StorageError):
+    """The credentials are valid but may not do this (``AccessDenied``)."""
+
+
+class NoSuchBucketError(StorageError):
+    """The bucket does not exist (or not at this endpoint and region)."""
+
+
+class NoSuchUploadError(StorageError):
+    """The multipart upload is gone: completed, aborted, or expired by a lifecycle rule."""
+
+
+class StorageUnavailableError(StorageError):
+    """The store answered 5xx or ``SlowDown`` on every try botocore made."""
+
+    retryable = True
+
+
+class IncompleteUploadError(StorageError):
+    """The bytes written are not the video's size; nothing was made visible and the
+    multipart upload stays open for a resume."""
