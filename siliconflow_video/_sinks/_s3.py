@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import io
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Self
@@ -139,7 +140,7 @@ class S3Store:
             region_name=s.region,
             signature_version="s3v4",
             s3={"addressing_style": s.addressing_style},
-            retries={"mode": "standard", "max_attempts": s.max_attempts},
+            retries={"mode": "standard", "total_max_attempts": s.max_attempts},
             connect_timeout=s.connect_timeout,
             read_timeout=s.read_timeout,
             max_pool_connections=s.max_pool_connections,
@@ -279,7 +280,7 @@ class MultipartUpload:
         self._state: _State = "new"
         self._parts: list[UploadedPart] = []
         self._next_number = 1  # the part number the buffer will be sent as
-        self._buffer: bytearray | None = None
+        self._buffer: io.BytesIO | None = None
         self._filled = 0
         self._offset = 0  # bytes accepted: in parts, in flight, and buffered
         self._pending: asyncio.Task[None] | None = None
@@ -356,13 +357,13 @@ class MultipartUpload:
                     self._new_buffer()
                 assert self._buffer is not None
                 n = min(len(view), self.part_size - self._filled)
-                self._buffer[self._filled : self._filled + n] = view[:n]
+                self._buffer.write(view[:n])
                 self._filled += n
                 self._offset += n
                 view = view[n:]
                 if self._filled == self.part_size:
                     body, self._buffer, self._filled = self._buffer, None, 0
-                    await self._send(body)
+                    await self._send(body, self.part_size)
         except BaseException:
             self._state = "broken"
             raise
@@ -389,8 +390,8 @@ class MultipartUpload:
             else:
                 if self._buffer is not None:
                     body, self._buffer = self._buffer, None
-                    del body[self._filled :]  # shrinks in place: no copy of the part
-                    await self._upload_part(self._next_number, body)
+                    body.truncate(self._filled)  # shrinks in place: no copy of the part
+                    await self._upload_part(self._next_number, body, self._filled)
                     self._next_number += 1
                 stored = await self._complete()
         except BaseException:
@@ -471,19 +472,24 @@ class MultipartUpload:
                 key=self.key,
                 code="TooManyParts",
             )
-        # Allocated whole once: a bytearray grown by appends reallocates, briefly
-        # holding two copies of the part.
-        self._buffer = bytearray(self.part_size)
+        # A BytesIO, not a bytearray: botocore sends a file-like body as it is, but wraps
+        # bytes in a BytesIO, and aiohttp's getbuffer() on that copies the whole part.
+        # Sized once: one grown by small writes reallocates, briefly holding two copies.
+        buffer = io.BytesIO()
+        buffer.seek(self.part_size - 1)
+        buffer.write(b"\0")
+        buffer.seek(0)
+        self._buffer = buffer
         self._filled = 0
 
-    async def _send(self, body: bytearray) -> None:
+    async def _send(self, body: io.BytesIO, size: int) -> None:
         await self._settle()
         number = self._next_number
         self._next_number += 1
         if self._overlap:
-            self._pending = asyncio.create_task(self._upload_part(number, body))
+            self._pending = asyncio.create_task(self._upload_part(number, body, size))
         else:
-            await self._upload_part(number, body)
+            await self._upload_part(number, body, size)
 
     async def _settle(self) -> None:
         """Wait for the part in flight; its error, if any, is raised here."""
@@ -491,17 +497,18 @@ class MultipartUpload:
         if pending is not None:
             await pending
 
-    async def _upload_part(self, number: int, body: bytearray) -> None:
+    async def _upload_part(self, number: int, body: io.BytesIO, size: int) -> None:
+        body.seek(0)
         with self._store.errors(self.key):
             sent = await self._store.client.upload_part(
                 Bucket=self._store.bucket,
                 Key=self.key,
                 UploadId=self._require_id(),
                 PartNumber=number,
-                # botocore takes a bytearray as it is: no copy of the part.
-                Body=body,  # type: ignore[arg-type]
+                Body=body,
+                ContentLength=size,
             )
-        part = UploadedPart(number, sent["ETag"], len(body))
+        part = UploadedPart(number, sent["ETag"], size)
         self._parts.append(part)
         logger.debug(
             "uploaded part %d (%d bytes) of s3://%s/%s",
