@@ -662,3 +662,51 @@ def test_storage_errors_survive_pickling() -> None:
     assert type(copy) is NoSuchBucketError
     assert (copy.bucket, copy.key, copy.code, copy.status_code) == ("b", "k", "NoSuchBucket", 404)
     assert str(copy) == str(err)
+
+
+@pytest.mark.slow
+async def test_a_part_retried_after_a_503_is_sent_whole(seaweed: Seaweed) -> None:
+    """botocore's retry of a failed upload_part rewinds the part's body: the retried part
+    is whole and the object exact (a proxy answers the first UploadPart with 503)."""
+    failed: list[str] = []
+
+    async def proxy(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if request.query.get("partNumber") == "1" and not failed:
+            failed.append(request.path_qs)
+            return web.Response(status=503, text=SLOW_DOWN, content_type="application/xml")
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
+        async with (
+            aiohttp.ClientSession(auto_decompress=False) as http,
+            http.request(
+                request.method,
+                seaweed.endpoint_url + request.path_qs,
+                headers=headers,  # Host unchanged: it is part of the signature
+                data=body,
+            ) as upstream,
+        ):
+            payload = await upstream.read()
+            keep = {k: v for k, v in upstream.headers.items() if k.lower() in _PASSED_ON}
+            return web.Response(status=upstream.status, body=payload, headers=keep)
+
+    app = web.Application(client_max_size=2 * PART)
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    data = content(PART + 100, seed=11)
+    try:
+        settings = settings_for(seaweed, endpoint_url=f"http://127.0.0.1:{port}", max_attempts=3)
+        async with S3Store(f"s3://{BUCKET}/retry/", settings) as store:
+            upload = store.upload("retry/part.mp4", overlap=False)
+            await upload.start()
+            await upload.write(data)
+            await upload.complete(len(data))
+    finally:
+        await runner.cleanup()
+    assert len(failed) == 1
+    assert read_back(seaweed, "retry/part.mp4") == data
+
+
+_PASSED_ON = {"content-type", "etag", "x-amz-request-id", "last-modified"}
