@@ -453,15 +453,16 @@ async def test_a_short_body_is_never_completed(store: S3Store, seaweed: Seaweed)
     await upload.abort()
 
 
+@pytest.mark.parametrize("overlap", [False, True])
 async def test_more_than_10000_parts_is_refused(
-    store: S3Store, monkeypatch: pytest.MonkeyPatch
+    store: S3Store, monkeypatch: pytest.MonkeyPatch, overlap: bool
 ) -> None:
     """The part that would pass S3's part limit is refused before it is buffered."""
-    monkeypatch.setattr(_s3, "MAX_PARTS", 1)
-    upload = store.upload(store.key_for("too-many.mp4"), overlap=False)
+    monkeypatch.setattr(_s3, "MAX_PARTS", 2)
+    upload = store.upload(store.key_for(f"too-many-{overlap}.mp4"), overlap=overlap)
     await upload.start()
-    await upload.write(content(PART))
-    with pytest.raises(StorageError, match="more than 1 parts") as caught:
+    await upload.write(content(2 * PART))
+    with pytest.raises(StorageError, match="more than 2 parts") as caught:
         await upload.write(b"one byte too many")
     assert caught.value.code == "TooManyParts"
     await upload.abort()

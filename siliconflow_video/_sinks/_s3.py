@@ -463,7 +463,7 @@ class MultipartUpload:
                 marker = int(page.get("NextPartNumberMarker") or parts[-1].number)
 
     def _new_buffer(self) -> None:
-        if self._next_number + (self._pending is not None) > MAX_PARTS:
+        if self._next_number > MAX_PARTS:  # the number this buffer will be sent as
             raise StorageError(
                 f"s3://{self._store.bucket}/{self.key} would need more than {MAX_PARTS} "
                 f"parts of {self.part_size} bytes; choose a larger part_size "
