@@ -7,6 +7,7 @@ failed on SiliconFlow's side, and a *download* that failed on the way to disk.
 
     SiliconFlowError
     ├── ConfigurationError                  (also ValueError) no key, bad base URL, ...
+    │   └── InvalidDestinationError         neither a folder nor a good s3://BUCKET/PREFIX
     ├── UnsafeFileNameError                 (also ValueError) a name that would leave the folder
     ├── APIError                            a request to the API failed
     │   ├── APIConnectionError              could not connect, or the connection dropped
@@ -28,20 +29,28 @@ failed on SiliconFlow's side, and a *download* that failed on the way to disk.
     │   ├── ForeignFileError                (also FileExistsError) its name holds a file
     │   │                                   the library did not record as this video
     │   └── VideoURLExpiredError            the URL expired and no fresh one came back
-    └── JournalError                        the journal cannot record or read something
-        ├── JournalUnavailableError         (also ValueError) unknown backend, or not built yet
-        ├── JournalPathError                missing folder, a folder as path, no journal there
-        ├── JournalCorruptError             not an SQLite database, or a damaged one
-        ├── JournalForeignError             an SQLite database of some other application
-        ├── JournalVersionError             written by a newer siliconflow-video
-        ├── JournalReadOnlyError            opened read-only, or the file is: writes refused
-        ├── JournalBusyError                (also TimeoutError) the write lock stayed taken
-        ├── JournalStateError               (also ValueError) a change the states forbid
-        ├── UnknownJobError                 (also LookupError) no such job or video
-        ├── SubmitUnknownError              a journaled submit may have reached SiliconFlow
-        └── LeaseError                      a job or video is not ours to work on
-            ├── LeaseHeldError              another live process holds it
-            └── LeaseLostError              ours expired and another process took it
+    ├── JournalError                        the journal cannot record or read something
+    │   ├── JournalUnavailableError         (also ValueError) unknown backend, or not built yet
+    │   ├── JournalPathError                missing folder, a folder as path, no journal there
+    │   ├── JournalCorruptError             not an SQLite database, or a damaged one
+    │   ├── JournalForeignError             an SQLite database of some other application
+    │   ├── JournalVersionError             written by a newer siliconflow-video
+    │   ├── JournalReadOnlyError            opened read-only, or the file is: writes refused
+    │   ├── JournalBusyError                (also TimeoutError) the write lock stayed taken
+    │   ├── JournalStateError               (also ValueError) a change the states forbid
+    │   ├── UnknownJobError                 (also LookupError) no such job or video
+    │   ├── SubmitUnknownError              a journaled submit may have reached SiliconFlow
+    │   └── LeaseError                      a job or video is not ours to work on
+    │       ├── LeaseHeldError              another live process holds it
+    │       └── LeaseLostError              ours expired and another process took it
+    └── StorageError                        a request to the object store (S3) failed
+        ├── StorageConnectionError          (also ConnectionError) endpoint unreachable
+        ├── StorageAuthenticationError      no credentials, unknown key, wrong secret
+        ├── StoragePermissionError          the credentials may not do this (AccessDenied)
+        ├── NoSuchBucketError               the bucket does not exist
+        ├── NoSuchUploadError               the multipart upload is gone (done or aborted)
+        ├── StorageUnavailableError         5xx / SlowDown, still failing after retries
+        └── IncompleteUploadError           fewer or more bytes than the video's size
 
 Errors that concern one job carry its ``request_id`` (``None`` when there is no job, as for
 ``submit``).
@@ -62,8 +71,24 @@ __all__ = [
     "DownloadError",
     "ForeignFileError",
     "GatewayTimeoutError",
+    "IncompleteUploadError",
+    "InvalidDestinationError",
     "JobFailedError",
+    "JournalBusyError",
+    "JournalCorruptError",
+    "JournalError",
+    "JournalForeignError",
+    "JournalPathError",
+    "JournalReadOnlyError",
+    "JournalStateError",
+    "JournalUnavailableError",
+    "JournalVersionError",
+    "LeaseError",
+    "LeaseHeldError",
+    "LeaseLostError",
     "MalformedResponseError",
+    "NoSuchBucketError",
+    "NoSuchUploadError",
     "NotFoundError",
     "OverloadedError",
     "PaymentRequiredError",
@@ -71,10 +96,16 @@ __all__ = [
     "RateLimitError",
     "ServerError",
     "SiliconFlowError",
+    "StorageAuthenticationError",
+    "StorageConnectionError",
+    "StorageError",
+    "StoragePermissionError",
+    "StorageUnavailableError",
+    "SubmitUnknownError",
+    "UnknownJobError",
     "UnsafeFileNameError",
     "VideoURLExpiredError",
     "WaitTimeoutError",
-    "error_for_status",
 ]
 
 
@@ -302,23 +333,6 @@ class VideoURLExpiredError(DownloadError):
 
 
 # -- the journal -------------------------------------------------------------------------
-# Kept as one block for now; folded into the sorted list above when the journal is exported.
-__all__ += [
-    "JournalBusyError",
-    "JournalCorruptError",
-    "JournalError",
-    "JournalForeignError",
-    "JournalPathError",
-    "JournalReadOnlyError",
-    "JournalStateError",
-    "JournalUnavailableError",
-    "JournalVersionError",
-    "LeaseError",
-    "LeaseHeldError",
-    "LeaseLostError",
-    "SubmitUnknownError",
-    "UnknownJobError",
-]
 
 
 class JournalError(SiliconFlowError):
@@ -419,3 +433,71 @@ class SubmitUnknownError(JournalError):
     def __init__(self, message: str, *, job_key: str, path: str | None = None) -> None:
         super().__init__(message, path=path)
         self.job_key = job_key
+
+
+# --- object storage (s3://BUCKET/PREFIX destinations) -------------------------------------
+
+
+class InvalidDestinationError(ConfigurationError):
+    """A destination that is neither a folder nor a well-formed ``s3://BUCKET/PREFIX``."""
+
+
+class StorageError(SiliconFlowError):
+    """A request to the object store failed.
+
+    ``code`` is the S3 error code when the store sent one (``NoSuchBucket``, ``SlowDown``),
+    ``status_code`` its HTTP status. ``retryable`` is True when the same request may
+    succeed later: the multipart upload stays open, and a later try resumes it.
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        bucket: str | None = None,
+        key: str | None = None,
+        code: str | None = None,
+        status_code: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, request_id=request_id)
+        self.bucket = bucket
+        self.key = key
+        self.code = code
+        self.status_code = status_code
+
+
+class StorageConnectionError(StorageError, ConnectionError):
+    """The object store's endpoint could not be reached, or the connection broke."""
+
+    retryable = True
+
+
+class StorageAuthenticationError(StorageError):
+    """No credentials were found, or the store rejected them (unknown access key, wrong
+    secret, expired token)."""
+
+
+class StoragePermissionError(StorageError):
+    """The credentials are valid but may not do this (``AccessDenied``)."""
+
+
+class NoSuchBucketError(StorageError):
+    """The bucket does not exist (or not at this endpoint and region)."""
+
+
+class NoSuchUploadError(StorageError):
+    """The multipart upload is gone: completed, aborted, or expired by a lifecycle rule."""
+
+
+class StorageUnavailableError(StorageError):
+    """The store answered 5xx or ``SlowDown`` on every try botocore made."""
+
+    retryable = True
+
+
+class IncompleteUploadError(StorageError):
+    """The bytes written are not the video's size; nothing was made visible and the
+    multipart upload stays open for a resume."""
