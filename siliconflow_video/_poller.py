@@ -13,6 +13,9 @@ poll was due, so that behind a backlog the job keeps its place in line. A perman
 (400, 401, 403, 404) ends its waiters at once with the typed error. One exception: while
 the client has never had any answer from the API, failing to connect ends the wait after
 the retry budget, since a wrong base URL would otherwise be polled forever.
+
+Time comes from a ``Clock`` (``time()`` and ``call_later()``): the running event loop by
+default, a virtual one in tests, so that a schedule can be asserted exactly.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import itertools
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from ._config import PollPolicy, RetryPolicy
 from ._exceptions import APIConnectionError, APIError, RateLimitError, SiliconFlowError
@@ -31,6 +35,18 @@ from ._logging import logger
 from ._models import VideoStatus
 
 StatusListener = Callable[[VideoStatus], None]
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """Where the poller reads the time and sets its one timer; an event loop is one."""
+
+    def time(self) -> float: ...
+
+    def call_later(self, delay: float, callback: Callable[[], object], /) -> TimerHandle: ...
 
 
 class _Job:
@@ -67,8 +83,13 @@ class Poller:
         policy: PollPolicy,
         retry: RetryPolicy,
         max_in_flight: int,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._fetch = fetch
+        #: None until first use: then the running loop.
+        self._clock = clock
+        self._random = rng if rng is not None else random.Random()
         self._reachable = reachable
         self._policy = policy
         self._retry = retry
@@ -93,11 +114,13 @@ class Poller:
         if self._closed:
             raise SiliconFlowError("the AsyncClient is closed", request_id=request_id)
         loop = asyncio.get_running_loop()
+        if self._clock is None:
+            self._clock = loop
         future: asyncio.Future[VideoStatus] = loop.create_future()
         job = self._jobs.get(request_id)
         if job is None:
             job = self._jobs[request_id] = _Job(request_id, self._policy.interval)
-            self._schedule(job, loop.time())
+            self._schedule(job, self._clock.time())
         elif listener is not None and job.last is not None:
             _tell(listener, job.last)
         job.waiters.append((future, listener))
@@ -142,6 +165,8 @@ class Poller:
 
     async def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
+        clock = self._clock
+        assert clock is not None  # set by watch(), which starts this task
         heap = self._heap
         while True:
             self._drop_stale()
@@ -149,9 +174,9 @@ class Poller:
             if not heap:
                 await self._wake.wait()
                 continue
-            delay = heap[0][0] - loop.time()
+            delay = heap[0][0] - clock.time()
             if delay > 0:
-                timer = loop.call_later(delay, self._wake.set)
+                timer = clock.call_later(delay, self._wake.set)
                 try:
                     await self._wake.wait()
                 finally:
@@ -161,7 +186,7 @@ class Poller:
             # (a 429'd poll put back in line meanwhile may have become it).
             await self._slots.acquire()
             self._drop_stale()
-            if not heap or heap[0][0] > loop.time():
+            if not heap or heap[0][0] > clock.time():
                 self._slots.release()
                 continue
             job = heapq.heappop(heap)[2]
@@ -171,8 +196,11 @@ class Poller:
             self._polls.add(task)
             task.add_done_callback(self._polls.discard)
 
+    def _now(self) -> float:
+        assert self._clock is not None  # set by watch(), before any poll
+        return self._clock.time()
+
     async def _poll(self, job: _Job) -> None:
-        loop = asyncio.get_running_loop()
         try:
             status = await self._fetch(job.request_id)
         except APIError as exc:
@@ -181,7 +209,7 @@ class Poller:
                 self._finish(job, error=exc)
                 return
             delay = max(job.interval, retry_delay(self._retry, job.failures, exc))
-            due = loop.time() + delay
+            due = self._now() + delay
             if isinstance(exc, RateLimitError):
                 # The client-wide governor now paces every call; behind a backlog of polls
                 # waiting their turn, this one keeps its place in line (shifted by its
@@ -194,7 +222,7 @@ class Poller:
                 "status of %s: %s; next poll in %.2fs",
                 job.request_id,
                 exc,
-                max(0.0, due - loop.time()),
+                max(0.0, due - self._now()),
             )
             if job.active:
                 self._schedule(job, due)
@@ -214,11 +242,11 @@ class Poller:
             self._finish(job, status=status)
             return
         policy = self._policy
-        jitter = random.uniform(1.0 - policy.jitter, 1.0 + policy.jitter)
+        jitter = self._random.uniform(1.0 - policy.jitter, 1.0 + policy.jitter)
         delay = min(policy.max_interval, job.interval * jitter)
         job.interval = min(policy.max_interval, job.interval * policy.growth)
         if job.active:
-            self._schedule(job, loop.time() + delay)
+            self._schedule(job, self._now() + delay)
 
     def _never_reached(self, exc: APIError, job: _Job) -> bool:
         """A connection that was never made, by a client that never got any answer, is more
