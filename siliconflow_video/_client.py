@@ -178,6 +178,7 @@ class AsyncClient:
         self._poller = Poller(
             self._status_once,
             reachable=lambda: self._transport is not None and self._transport.ever_answered,
+            base_url=self.base_url,
             policy=self.poll_policy,
             retry=retry,
             max_in_flight=max_concurrent_requests,

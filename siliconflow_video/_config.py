@@ -57,6 +57,11 @@ class PollPolicy:
     max_interval: float = attrs.field(default=10.0, validator=_positive)
     growth: float = attrs.field(default=1.5)
     jitter: float = attrs.field(default=0.2)
+    #: How long answers that are not a usable status (a status the API does not document,
+    #: such as ``"Cancelled"``; a ``Succeed`` with no video URL; a body that is not a status)
+    #: are asked again in a row, in seconds, before the wait ends with a
+    #: ``MalformedResponseError`` naming the last one. Any usable answer starts it over.
+    malformed_grace: float = attrs.field(default=60.0, validator=_not_negative)
 
     @growth.validator
     def _check_growth(self, _: attrs.Attribute[float], value: float) -> None:

@@ -10,9 +10,17 @@ each jittered so that jobs started together drift apart. A transient failure (42
 reset, malformed body) only delays that job's next poll, by at least the exponential backoff
 of its failure streak (and any ``Retry-After``); for a 429 that delay counts from when the
 poll was due, so that behind a backlog the job keeps its place in line. A permanent failure
-(400, 401, 403, 404) ends its waiters at once with the typed error. One exception: while
-the client has never had any answer from the API, failing to connect ends the wait after
-the retry budget, since a wrong base URL would otherwise be polled forever.
+(400, 401, 403, 404) ends its waiters at once with the typed error. Exceptions, so that no
+wait (even one with no deadline) is polled forever on an answer that never changes:
+
+- While the client has never had any answer from the API, failing to connect ends the wait
+  after the retry budget (a wrong base URL, or no network).
+- While no usable status has ever been read, a 200 whose body is not JSON at all (an HTML
+  page) ends the wait at once: the base URL is not a SiliconFlow API.
+- Answers that are not a usable status (an undocumented status such as ``"Cancelled"``, a
+  ``Succeed`` with no video URL, a body of the wrong shape) are asked again, but after
+  ``PollPolicy.malformed_grace`` seconds of them in a row the wait ends with a
+  ``MalformedResponseError`` naming the last one.
 
 Time comes from a ``Clock`` (``time()`` and ``call_later()``): the running event loop by
 default, a virtual one in tests, so that a schedule can be asserted exactly.
@@ -29,7 +37,13 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from ._config import PollPolicy, RetryPolicy
-from ._exceptions import APIConnectionError, APIError, RateLimitError, SiliconFlowError
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    MalformedResponseError,
+    RateLimitError,
+    SiliconFlowError,
+)
 from ._http import is_transient, retry_delay
 from ._logging import logger
 from ._models import VideoStatus
@@ -56,6 +70,8 @@ class _Job:
         "failures",
         "interval",
         "last",
+        "malformed",
+        "malformed_since",
         "request_id",
         "waiters",
         "was_due",
@@ -67,6 +83,8 @@ class _Job:
         self.due = 0.0
         self.was_due = 0.0  # when the poll in flight was due
         self.failures = 0
+        self.malformed = 0  # unusable answers in a row
+        self.malformed_since = 0.0  # when the first of them came
         self.active = True
         self.last: VideoStatus | None = None
         self.waiters: list[tuple[asyncio.Future[VideoStatus], StatusListener | None]] = []
@@ -80,6 +98,7 @@ class Poller:
         fetch: Callable[[str], Awaitable[VideoStatus]],
         *,
         reachable: Callable[[], bool] = lambda: True,
+        base_url: str = "the base URL",
         policy: PollPolicy,
         retry: RetryPolicy,
         max_in_flight: int,
@@ -91,6 +110,10 @@ class Poller:
         self._clock = clock
         self._random = rng if rng is not None else random.Random()
         self._reachable = reachable
+        self._base_url = base_url
+        #: Whether any poll ever read a usable status: until one did, a page that is not
+        #: JSON means a wrong base URL, not a passing fault.
+        self._status_seen = False
         self._policy = policy
         self._retry = retry
         self._jobs: dict[str, _Job] = {}
@@ -205,6 +228,11 @@ class Poller:
             status = await self._fetch(job.request_id)
         except APIError as exc:
             job.failures += 1
+            if isinstance(exc, MalformedResponseError):
+                unusable = self._unusable(job, exc)
+                if unusable is not None:
+                    self._finish(job, error=unusable)
+                    return
             if not is_transient(exc) or self._never_reached(exc, job):
                 self._finish(job, error=exc)
                 return
@@ -233,6 +261,8 @@ class Poller:
         finally:
             self._slots.release()
         job.failures = 0
+        job.malformed = 0
+        self._status_seen = True
         if job.last is None or job.last.status != status.status:
             for _, listener in job.waiters:
                 if listener is not None:
@@ -247,6 +277,33 @@ class Poller:
         job.interval = min(policy.max_interval, job.interval * policy.growth)
         if job.active:
             self._schedule(job, self._now() + delay)
+
+    def _unusable(self, job: _Job, exc: MalformedResponseError) -> MalformedResponseError | None:
+        """The error that ends the wait on this unusable answer, or None to ask again."""
+        if not self._status_seen and _not_json_at_all(exc):
+            return MalformedResponseError(
+                f"this is not a SiliconFlow API: {self._base_url} answered a status call "
+                "with 200 and a body that is not JSON (check the base URL)",
+                field=exc.field,
+                excerpt=exc.excerpt,
+                request_id=job.request_id,
+            )
+        now = self._now()
+        if job.malformed == 0:
+            job.malformed_since = now
+        job.malformed += 1
+        lasted = now - job.malformed_since
+        grace = self._policy.malformed_grace
+        if lasted < grace:
+            return None
+        return MalformedResponseError(
+            f"gave up after {job.malformed} unusable status answers in a row over "
+            f"{lasted:.0f} s (PollPolicy.malformed_grace is {grace:g} s); the last: "
+            f"{_problem(exc)}",
+            field=exc.field,
+            excerpt=exc.excerpt,
+            request_id=job.request_id,
+        )
 
     def _never_reached(self, exc: APIError, job: _Job) -> bool:
         """A connection that was never made, by a client that never got any answer, is more
@@ -297,3 +354,15 @@ def _tell(listener: StatusListener, status: VideoStatus) -> None:
         listener(status)
     except Exception:  # noqa: BLE001 - logged; the job's polling goes on
         logger.exception("status listener raised on %s", status.request_id)
+
+
+def _problem(exc: MalformedResponseError) -> str:
+    """What was wrong with the body, without the field and excerpt the message ends with."""
+    return exc.message.removesuffix(f" at {exc.field}; body starts {exc.excerpt!r}")
+
+
+def _not_json_at_all(exc: MalformedResponseError) -> bool:
+    """A body that does not even start like JSON (an HTML page, plain text): not a JSON
+    answer cut short, which starts like one and may be a passing fault."""
+    start = exc.excerpt.lstrip()[:1]
+    return exc.field == "$" and "not JSON" in exc.message and start not in ("", "{", "[", '"')

@@ -20,6 +20,7 @@ from siliconflow_video.testing import (
     ConnectionReset,
     ErrorResponse,
     FakeSiliconFlow,
+    MalformedBody,
     Slow,
     TruncatedJSON,
     UnknownStatus,
@@ -468,8 +469,6 @@ async def test_closed_client_refuses_work(fake: FakeSiliconFlow) -> None:
 
 async def test_malformed_body_names_the_field(fake: FakeSiliconFlow, client: AsyncClient) -> None:
     """A 200 with a wrong shape is a MalformedResponseError naming the field, with an excerpt."""
-    from siliconflow_video.testing import MalformedBody
-
     body = json.dumps({"status": "Succeed", "results": {"videos": [{"url": 5}]}}).encode()
     fake.add_fault("status", MalformedBody(body), times=None)
     rid = fake.add_job()
@@ -492,6 +491,84 @@ async def test_wait_gives_up_on_an_api_it_never_reached() -> None:
             await client.wait("some-id", timeout=30)
     assert caught.value.request_id == "some-id"
     assert "cannot connect" in str(caught.value)
+
+
+NOT_A_STATUS_HTML = (
+    b"<!doctype html><html><head><title>Welcome</title></head><body>hi</body></html>"
+)
+SUCCEED_WITHOUT_VIDEO = json.dumps({"status": "Succeed", "results": {"videos": []}}).encode()
+
+
+@pytest.mark.parametrize(
+    ("fault", "named"),
+    [
+        (UnknownStatus("Cancelled"), "unknown status 'Cancelled'"),
+        (UnknownStatus("Expired"), "unknown status 'Expired'"),
+        (MalformedBody(SUCCEED_WITHOUT_VIDEO), "no video URL"),
+    ],
+    ids=["Cancelled", "Expired", "Succeed-without-video"],
+)
+async def test_unusable_answers_end_a_wait_with_no_deadline(
+    fake: FakeSiliconFlow, fault: Any, named: str
+) -> None:
+    """An answer that is never a usable status is asked again for malformed_grace seconds,
+    then ends the wait (which has no timeout) with a MalformedResponseError naming it."""
+    rid = fake.add_job(run_seconds=60)
+    fake.add_fault("status", fault, times=None)
+    poll = sv.PollPolicy(interval=0.05, max_interval=0.1, malformed_grace=0.5)
+    async with make_client(fake, poll=poll) as client:
+        started = time.monotonic()
+        with pytest.raises(sv.MalformedResponseError) as caught:
+            await asyncio.wait_for(client.wait(rid), 10)  # the test's guard, not the client's
+    assert 0.5 <= time.monotonic() - started < 5
+    assert named in str(caught.value)
+    assert "gave up after" in str(caught.value)
+    assert caught.value.request_id == rid
+    assert len(fake.requests_for("status", rid)) >= 3  # it did ask again
+
+
+async def test_a_usable_answer_starts_the_grace_over(fake: FakeSiliconFlow) -> None:
+    """Unusable answers with usable ones between them are each a passing fault."""
+    rid = fake.add_job(run_seconds=1.5)
+    fake.add_fault("status", UnknownStatus("Cancelled"), times=None, probability=0.5)
+    poll = sv.PollPolicy(interval=0.05, max_interval=0.05, malformed_grace=0.4)
+    async with make_client(fake, poll=poll) as client:
+        assert (await asyncio.wait_for(client.wait(rid), 10)).status is Status.SUCCEED
+
+
+async def test_an_html_page_on_first_contact_is_not_a_siliconflow_api(
+    fake: FakeSiliconFlow,
+) -> None:
+    """A base URL answering 200 with an HTML page before any status was ever read ends the
+    wait at once with 'this is not a SiliconFlow API', naming the page."""
+    rid = fake.add_job(run_seconds=60)
+    fake.add_fault("status", MalformedBody(NOT_A_STATUS_HTML), times=None)
+    async with make_client(fake) as client:
+        with pytest.raises(sv.MalformedResponseError) as caught:
+            await asyncio.wait_for(client.wait(rid), 10)
+    assert str(caught.value).startswith("this is not a SiliconFlow API: " + fake.base_url)
+    assert "<!doctype html>" in caught.value.excerpt
+    assert len(fake.requests_for("status", rid)) == 1
+
+
+async def test_an_html_page_after_statuses_is_asked_again_boundedly(
+    fake: FakeSiliconFlow,
+) -> None:
+    """Once statuses have been read, an HTML page (a gateway's maintenance page) is a passing
+    fault: asked again, and bounded by malformed_grace when it stays."""
+    rid = fake.add_job(run_seconds=60)
+    poll = sv.PollPolicy(interval=0.05, max_interval=0.1, malformed_grace=0.5)
+    async with make_client(fake, poll=poll) as client:
+        page = MalformedBody(NOT_A_STATUS_HTML)
+        # The page comes once the first status has been read.
+        results = client.as_completed(
+            [rid], on_status=lambda _: lambda _: fake.add_fault("status", page, times=None)
+        )
+        result = await asyncio.wait_for(anext(results), 10)
+    assert isinstance(result.error, sv.MalformedResponseError)
+    assert "gave up after" in str(result.error)
+    assert "status body is not JSON" in str(result.error)
+    assert "<!doctype html>" in result.error.excerpt
 
 
 async def test_outage_after_contact_is_waited_out(fake: FakeSiliconFlow) -> None:

@@ -259,3 +259,44 @@ async def test_no_more_than_max_in_flight_polls_at_once(in_flight: int) -> None:
     assert all(isinstance(s, VideoStatus) for _, s in seen.values())
     assert peak == in_flight
     await poller.aclose()
+
+
+async def test_unusable_answers_end_the_wait_after_the_grace_exactly() -> None:
+    """Unusable answers every 10 s with a grace of 30 s: the fourth one, at 30 s, ends the
+    wait with a MalformedResponseError naming the status."""
+    from siliconflow_video._exceptions import MalformedResponseError
+
+    clock = VirtualClock()
+    script = Script(clock)
+    script.add("a", run=1000.0)
+    bad = b'{"status": "Cancelled"}'
+    script.errors += [_malformed(bad, "a") for _ in range(10)]
+    policy = PollPolicy(interval=10.0, max_interval=10.0, jitter=0.0, malformed_grace=30.0)
+    poller = make_poller(script, policy)
+    seen = await wait_all(clock, poller, ["a"])
+    when, error = seen["a"]
+    assert when == 30.0
+    assert script.times("a") == [0.0, 10.0, 20.0, 30.0]
+    assert isinstance(error, MalformedResponseError)
+    assert "gave up after 4 unusable status answers" in str(error)
+    assert "unknown status 'Cancelled'" in str(error)
+    await poller.aclose()
+
+
+def _malformed(raw: bytes, rid: str) -> BaseException:
+    from siliconflow_video._exceptions import MalformedResponseError
+
+    try:
+        parse_status(raw, rid)
+    except MalformedResponseError as exc:
+        return exc
+    raise AssertionError("the body parsed")
+
+
+def test_malformed_grace_is_validated() -> None:
+    """A negative grace is a ConfigurationError; 0 (give up at the first) is allowed."""
+    from siliconflow_video import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="malformed_grace"):
+        PollPolicy(malformed_grace=-1.0)
+    assert PollPolicy(malformed_grace=0.0).malformed_grace == 0.0
