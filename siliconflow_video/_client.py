@@ -152,7 +152,7 @@ class AsyncClient:
                     f"{name} must be a {kind.__name__}, got {type(policy).__name__}"
                 )
         # The two shorthands override those fields of ``poll``; PollPolicy checks the result.
-        shorthands = {"interval": poll_interval, "max_interval": max_poll_interval}
+        shorthands: dict[str, Any] = {"interval": poll_interval, "max_interval": max_poll_interval}
         self.poll_policy = attrs.evolve(
             poll, **{field: value for field, value in shorthands.items() if value is not None}
         )
@@ -419,7 +419,9 @@ class AsyncClient:
 
         async def once() -> str:
             body = await self._api().post("/video/submit", payload, request_id=None)
-            return _request_id_from(body)
+            request_id = _request_id_from(body)
+            self._poller.expect(request_id, f"{model} {image_size}")  # what it learns under
+            return request_id
 
         return await with_retries(self.retry_policy, once, retry_if=is_safe_to_resubmit)
 

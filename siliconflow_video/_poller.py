@@ -5,12 +5,18 @@ job is a small record in a heap ordered by when it is next due, and one loop dis
 polls (at most ``max_in_flight`` at once, most overdue first). Waiters hold a future; any
 number of waiters share one job's polls.
 
-Per job, polls are spaced from ``interval`` growing by ``growth`` up to ``max_interval``,
-each jittered so that jobs started together drift apart. A transient failure (429, 5xx,
-reset, malformed body) only delays that job's next poll, by at least the exponential backoff
-of its failure streak (and any ``Retry-After``); for a 429 that delay counts from when the
-poll was due, so that behind a backlog the job keeps its place in line. A permanent failure
-(400, 401, 403, 404) ends its waiters at once with the typed error. Exceptions, so that no
+Per job, the first poll goes out at once. After that, polls are spaced by what was learned
+of run times (``_learning``: sparse while a finish is unlikely, dense across the window where
+it is likely), or, while nothing is learned or a job has outlived what was, blind: from
+``interval`` growing by ``growth`` up to ``PollPolicy.max_blind_interval``. Each gap is
+jittered so that jobs started together drift apart, and none is longer than
+``max_interval``. Each job that succeeds teaches the client its run time (``learned``).
+
+A transient failure (429, 5xx, reset, malformed body) only delays that job's next poll, by
+at least the exponential backoff of its failure streak (and any ``Retry-After``); for a 429
+that delay counts from when the poll was due, so that behind a backlog the job keeps its
+place in line. A permanent failure (400, 401, 403, 404) ends its waiters at once with the
+typed error. Exceptions, so that no
 wait (even one with no deadline) is polled forever on an answer that never changes:
 
 - While the client has never had any answer from the API, failing to connect ends the wait
@@ -45,8 +51,9 @@ from ._exceptions import (
     SiliconFlowError,
 )
 from ._http import is_transient, retry_delay
+from ._learning import JobTrace, RunTimes, learned_gap, run_time_sample
 from ._logging import logger
-from ._models import VideoStatus
+from ._models import Status, VideoStatus
 
 StatusListener = Callable[[VideoStatus], None]
 
@@ -69,17 +76,21 @@ class _Job:
         "due",
         "failures",
         "interval",
+        "key",
         "last",
         "malformed",
         "malformed_since",
         "request_id",
+        "trace",
         "waiters",
         "was_due",
     )
 
-    def __init__(self, request_id: str, interval: float) -> None:
+    def __init__(self, request_id: str, interval: float, key: str | None) -> None:
         self.request_id = request_id
-        self.interval = interval
+        self.interval = interval  # the next blind gap
+        self.key = key  # what its run time is learned under (model and size), if known
+        self.trace = JobTrace()
         self.due = 0.0
         self.was_due = 0.0  # when the poll in flight was due
         self.failures = 0
@@ -104,11 +115,15 @@ class Poller:
         max_in_flight: int,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        learned: RunTimes | None = None,
     ) -> None:
         self._fetch = fetch
         #: None until first use: then the running loop.
         self._clock = clock
         self._random = rng if rng is not None else random.Random()
+        #: The run times learned from this client's finished jobs.
+        self.learned = learned if learned is not None else RunTimes()
+        self._keys: dict[str, str] = {}
         self._reachable = reachable
         self._base_url = base_url
         #: Whether any poll ever read a usable status: until one did, a page that is not
@@ -124,6 +139,17 @@ class Poller:
         self._runner: asyncio.Task[None] | None = None
         self._polls: set[asyncio.Task[None]] = set()
         self._closed = False
+
+    #: Keys remembered for submitted jobs not yet waited for; the oldest go first.
+    MAX_KEYS = 100_000
+
+    def expect(self, request_id: str, key: str) -> None:
+        """Say what a job's run time is learned under (its model and size), when this
+        client submitted it."""
+        self._keys.pop(request_id, None)
+        self._keys[request_id] = key
+        if len(self._keys) > self.MAX_KEYS:
+            del self._keys[next(iter(self._keys))]
 
     def last_status(self, request_id: str) -> VideoStatus | None:
         job = self._jobs.get(request_id)
@@ -142,7 +168,8 @@ class Poller:
         future: asyncio.Future[VideoStatus] = loop.create_future()
         job = self._jobs.get(request_id)
         if job is None:
-            job = self._jobs[request_id] = _Job(request_id, self._policy.interval)
+            key = self._keys.pop(request_id, None)
+            job = self._jobs[request_id] = _Job(request_id, self._policy.interval, key)
             self._schedule(job, self._clock.time())
         elif listener is not None and job.last is not None:
             _tell(listener, job.last)
@@ -268,15 +295,33 @@ class Poller:
                 if listener is not None:
                     _tell(listener, status)
         job.last = status
+        now = self._now()
         if status.is_terminal:
+            if status.status is Status.SUCCEED:
+                self._learn(job, status, now)
             self._finish(job, status=status)
             return
+        job.trace.saw(status.status, now)
         policy = self._policy
+        spread = self.learned.spread(job.key) if policy.learn else None
+        gap = learned_gap(policy, spread, job.trace, status.status, now)
         jitter = self._random.uniform(1.0 - policy.jitter, 1.0 + policy.jitter)
-        delay = min(policy.max_interval, job.interval * jitter)
-        job.interval = min(policy.max_interval, job.interval * policy.growth)
+        if gap is None:  # blind: the growing schedule
+            delay = min(policy.blind_cap, job.interval * jitter)
+            job.interval = min(policy.blind_cap, job.interval * policy.growth)
+        else:
+            delay = min(policy.max_interval, gap * jitter)
         if job.active:
-            self._schedule(job, self._now() + delay)
+            self._schedule(job, now + delay)
+
+    def _learn(self, job: _Job, status: VideoStatus, now: float) -> None:
+        """Learn the run time of a job seen succeeding. A failed job, or a wait that ended
+        before the finish, is never learned from: it says nothing of how long runs take."""
+        timings = status.results.timings if status.results else None
+        inference = timings.inference if timings else None
+        sample = run_time_sample(job.trace, now, inference)
+        if sample is not None:
+            self.learned.add(job.key, sample)
 
     def _unusable(self, job: _Job, exc: MalformedResponseError) -> MalformedResponseError | None:
         """The error that ends the wait on this unusable answer, or None to ask again."""

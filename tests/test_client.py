@@ -634,3 +634,53 @@ async def test_as_completed_refuses_a_bare_string(client: AsyncClient) -> None:
     """as_completed("abc") is a TypeError, not three one-letter ids."""
     with pytest.raises(TypeError):
         client.as_completed("abc")
+
+
+async def test_run_times_are_learned_per_submitted_model(fake: FakeSiliconFlow) -> None:
+    """Jobs this client submitted are learned under their model and size (from the
+    inference time each success reports), and pooled."""
+    async with make_client(fake) as client:
+        for model, run in (("model-A", 0.2), ("model-B", 0.5)):
+            fake.submit_defaults = {"queue_seconds": 0.05, "run_seconds": run, "inference": run}
+            ids = [await client.submit(model=model, prompt="a cat") for _ in range(3)]
+            assert all([r.ok async for r in client.as_completed(ids)])
+        learned = client._poller.learned
+    assert learned.samples("model-A 1280x720") == [0.2] * 3
+    assert learned.samples("model-B 1280x720") == [0.5] * 3
+    assert sorted(learned.samples()) == [0.2] * 3 + [0.5] * 3
+
+
+async def test_failed_and_timed_out_waits_teach_nothing(fake: FakeSiliconFlow) -> None:
+    """A job that failed, and a wait that timed out, leave the learned run times alone."""
+    async with make_client(fake) as client:
+        ok = [fake.add_job(run_seconds=0.3, inference=0.3) for _ in range(3)]
+        assert all([r.ok async for r in client.as_completed(ok)])
+        before = client._poller.learned.to_dict()
+        failed = fake.add_job(run_seconds=0.05, outcome="Failed", inference=0.05)
+        with pytest.raises(sv.JobFailedError):
+            await client.wait(failed)
+        slow = fake.add_job(run_seconds=0.8, inference=0.8)
+        with pytest.raises(sv.WaitTimeoutError):
+            await client.wait(slow, timeout=0.3)
+        await asyncio.sleep(0.8)  # the slow job finishes unwatched
+        assert client._poller.learned.to_dict() == before
+
+
+async def test_a_burst_of_429s_still_slows_a_learned_client(fake: FakeSiliconFlow) -> None:
+    """With run times learned, a server limit of 40 calls/s still sets the client-wide
+    rate: few 429s, and every job seen."""
+    async with make_client(fake, max_poll_interval=2.0) as client:
+        warm = [fake.add_job(run_seconds=1.0, inference=1.0) for _ in range(5)]
+        assert all([r.ok async for r in client.as_completed(warm)])
+        ids = [fake.add_job(run_seconds=1.0, inference=1.0) for _ in range(300)]
+        fake.clear_log()
+        fake.set_rate_limit(40)
+        results = [r async for r in client.as_completed(ids, timeout=60)]
+        stats = client.rate_stats
+    assert all(r.ok for r in results)
+    calls = fake.requests_for("status")
+    limited = [r for r in calls if r.status == 429]
+    assert limited, "the limit was never reached: the test proves nothing"
+    assert len(limited) / len(calls) < 0.10, (len(limited), len(calls))
+    assert stats.rate is not None
+    assert stats.rate < 40 * 1.3

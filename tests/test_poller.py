@@ -151,7 +151,7 @@ def make_poller(
 
 
 #: The schedule of earlier releases: 1 s growing by 1.5x, no jitter, no learning.
-GROWING = PollPolicy(interval=1.0, max_interval=10.0, growth=1.5, jitter=0.0)
+GROWING = PollPolicy.growing(jitter=0.0)
 
 
 async def wait_all(
@@ -300,3 +300,141 @@ def test_malformed_grace_is_validated() -> None:
     with pytest.raises(ConfigurationError, match="malformed_grace"):
         PollPolicy(malformed_grace=-1.0)
     assert PollPolicy(malformed_grace=0.0).malformed_grace == 0.0
+
+
+# -- learning ------------------------------------------------------------------------------
+
+LEARNING = PollPolicy(jitter=0.0)
+
+
+async def teach(clock: VirtualClock, script: Script, poller: Poller, runs: list[float]) -> None:
+    """Run one job per run time (queued 5 s first) to its finish, so the poller learns."""
+    rids = [script.add(f"teach{len(script.queue)}", queue=5.0, run=run) for run in runs]
+    await wait_all(clock, poller, rids)
+
+
+async def test_the_first_poll_is_not_delayed_by_learning() -> None:
+    """However much was learned, a job's first poll goes out the moment it is watched."""
+    clock = VirtualClock()
+    script = Script(clock)
+    poller = make_poller(script, LEARNING)
+    await teach(clock, script, poller, [60.0] * 8)
+    assert poller.learned.spread(None) is not None
+    clock.now += 0.5
+    script.add("new", queue=5.0, run=60.0)
+    poller.watch("new")
+    await clock.run_until(lambda: bool(script.times("new")))
+    assert script.times("new") == [clock.now]
+    await poller.aclose()
+
+
+async def test_learned_polling_is_sparse_then_dense_and_sees_the_finish_soon() -> None:
+    """Once 60 s runs are learned, a job queued 5 s costs a handful of polls, and its
+    finish is seen within a few seconds."""
+    clock = VirtualClock()
+    script = Script(clock)
+    poller = make_poller(script, LEARNING)
+    await teach(clock, script, poller, [59.0, 60.0, 61.0, 60.5, 59.5, 60.0])
+    script.add("job", queue=5.0, run=60.0)
+    seen = await wait_all(clock, poller, ["job"])
+    times = [t - script.queue["job"] + 5.0 for t in script.times("job")]
+    lag = seen["job"][0] - script.finish["job"]
+    assert 0 <= lag <= 3.0
+    assert len(times) <= 9, times  # sleep(5) would make 14
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert max(gaps) > 20.0  # sparse while the job cannot be near its finish
+    await poller.aclose()
+
+
+async def test_a_job_much_slower_than_learned_is_seen_within_the_cap() -> None:
+    """A job ten times slower than every learned run is still seen within max_interval of
+    its finish (within the blind cap, in fact: it is polled blind once overdue)."""
+    clock = VirtualClock()
+    script = Script(clock)
+    policy = attrs.evolve(LEARNING, max_interval=30.0)
+    poller = make_poller(script, policy)
+    await teach(clock, script, poller, [10.0] * 6)
+    script.add("slow", queue=2.0, run=100.0)
+    seen = await wait_all(clock, poller, ["slow"])
+    gaps = [b - a for a, b in itertools.pairwise(script.times("slow"))]
+    assert max(gaps) <= policy.max_interval
+    assert 0 <= seen["slow"][0] - script.finish["slow"] <= policy.blind_cap
+    await poller.aclose()
+
+
+async def test_failed_and_timed_out_jobs_do_not_skew_the_estimate() -> None:
+    """Jobs that failed fast, and waits given up before the finish, teach nothing: the
+    learned run times are those of the successes alone."""
+    clock = VirtualClock()
+    script = Script(clock)
+    poller = make_poller(script, LEARNING)
+    await teach(clock, script, poller, [30.0] * 5)
+    before = poller.learned.to_dict()
+    failed = [script.add(f"f{i}", queue=1.0, run=2.0, outcome="Failed") for i in range(5)]
+    await wait_all(clock, poller, failed)
+    for i in range(5):  # waits cancelled (timed out) while the job still runs
+        script.add(f"t{i}", queue=1.0, run=500.0)
+        future = poller.watch(f"t{i}")
+        start = clock.now
+        await clock.run_until(lambda start=start: clock.now >= start + 20)
+        future.cancel()
+    assert poller.learned.to_dict() == before
+    await poller.aclose()
+
+
+async def test_run_times_are_learned_per_key_and_pooled() -> None:
+    """A job whose key (model and size) is known is learned under it and pooled; a key with
+    too few samples borrows the pooled estimate."""
+    clock = VirtualClock()
+    script = Script(clock)
+    poller = make_poller(script, LEARNING)
+    for i in range(4):
+        poller.expect(f"teach{i}", "model-A 1280x720")
+    await teach(clock, script, poller, [20.0] * 4)
+    assert poller.learned.samples("model-A 1280x720") == [20.0] * 4
+    assert poller.learned.samples() == [20.0] * 4
+    assert poller.learned.spread("model-B 1280x720") == poller.learned.spread(None)
+    await poller.aclose()
+
+
+def test_run_times_round_trip_through_a_dict() -> None:
+    """The learned state is a small plain value: to_dict / from_dict give it back."""
+    import json
+
+    from siliconflow_video._learning import RunTimes
+
+    times = RunTimes()
+    for seconds in (40.0, 41.5, 39.0):
+        times.add("model-A 1280x720", seconds)
+    times.add(None, 90.0)
+    data = json.loads(json.dumps(times.to_dict()))
+    assert RunTimes.from_dict(data) == times
+    assert RunTimes.from_dict(data).samples() == [40.0, 41.5, 39.0, 90.0]
+    with pytest.raises(ValueError, match="version"):
+        RunTimes.from_dict({"version": 99})
+
+
+def test_an_outlier_does_not_move_the_schedule() -> None:
+    """One run ten times longer among thirty moves no poll of a job by more than 0.5 s, nor
+    when it counts as outliving what was learned."""
+    from siliconflow_video._learning import JobTrace, RunTimes, learned_gap
+
+    def schedule(runs: list[float]) -> list[float]:
+        times = RunTimes()
+        for run in runs:
+            times.add(None, run)
+        trace, now, polls = JobTrace(), 0.0, []
+        trace.saw("InQueue", -5.0)
+        while now < 70.0:
+            trace.saw("InProgress", now)
+            gap = learned_gap(LEARNING, times.spread(None), trace, "InProgress", now)
+            if gap is None:  # outlived what was learned
+                break
+            now += gap
+            polls.append(round(now, 1))
+        return polls
+
+    runs = [60.0 + (i % 5 - 2) * 0.5 for i in range(30)]
+    usual, odd = schedule(runs), schedule([*runs[1:], 600.0])
+    assert len(odd) == len(usual)
+    assert all(abs(a - b) <= 0.5 for a, b in zip(odd, usual, strict=True)), (odd, usual)
