@@ -74,7 +74,7 @@ class PollPolicy:
     learn: bool = True
     #: How many seconds of delay (from a job's finish to the poll that sees it) one status
     #: call is worth: larger means fewer calls and later sightings. Learned polling only.
-    call_cost: float = attrs.field(default=1.0, validator=_positive)
+    call_cost: float = attrs.field(default=0.5, validator=_positive)
     #: How long answers that are not a usable status (a status the API does not document,
     #: such as ``"Cancelled"``; a ``Succeed`` with no video URL; a body that is not a status)
     #: are asked again in a row, in seconds, before the wait ends with a
