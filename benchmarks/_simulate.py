@@ -150,16 +150,31 @@ def _rows(workload: _workload.Workload, runs: dict[str, list[Metrics]]) -> list[
 
 
 def main() -> None:
-    for quick in (False,):
-        workload = _workload.QUICK if quick else _workload.FULL
+    """Print the variants over three seeds, for the workload submitted over 180 s and over
+    60 s, from a fresh client ("cold") and from one that learned 100 earlier jobs ("warm")."""
+    policy = PollPolicy()
+    for over in (180.0, 60.0):
+        workload = attrs.evolve(_workload.FULL, arrivals_over=over)
         print(workload.describe())
         for rep in range(3):
             jobs = _workload.plan(workload, 3000 + rep)
-            for name, variant in variants(workload.scale).items():
-                m = variant(jobs)
+            warm = RunTimes()
+            for job in _workload.plan(workload, 99)[:100]:
+                warm.add(job.model, job.run)
+            results = {
+                "library cold": simulate(jobs, policy),
+                "library warm": simulate(jobs, policy, learned=warm),
+                "library cold, pooled": simulate(jobs, policy, known_models=False),
+                "old policy": simulate(jobs, PollPolicy.growing()),
+                "sleep loop": simulate(jobs, None),
+            }
+            ref = results["sleep loop"]
+            for name, m in results.items():
                 print(
-                    f"  {name:24} calls/job {m['calls_per_job']:6.2f}  "
-                    f"p50 {m['lag_p50']:5.2f}  p95 {m['lag_p95']:5.2f}  max {m['lag_max']:6.2f}"
+                    f"  seed {rep} {name:22} calls/job {m['calls_per_job']:6.2f} "
+                    f"({m['calls_per_job'] / ref['calls_per_job']:.2f}x)  p50 {m['lag_p50']:5.2f}"
+                    f"  p95 {m['lag_p95']:5.2f} ({m['lag_p95'] / ref['lag_p95']:.2f}x)"
+                    f"  max {m['lag_max']:6.2f}"
                 )
 
 
