@@ -4,7 +4,8 @@
 
     python -m benchmarks                    # the full suite (about 5.5 minutes on 2 cores)
     python -m benchmarks --quick            # a smoke run with small sizes (under a minute)
-    python -m benchmarks --only polling     # one benchmark: download, polling or ratelimit
+    python -m benchmarks --only polling     # one benchmark: download, polling, ratelimit,
+                                            # workload (SiliconFlow-like) or simulate
     python -m benchmarks --loop uvloop      # run the measured Python clients on uvloop
 """
 
@@ -24,7 +25,7 @@ from typing import Any
 from ._measure import Row, libraries, log_to_stderr, machine, table
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("download", "polling", "ratelimit")
+BENCHMARKS = ("download", "polling", "ratelimit", "workload", "simulate")
 
 Runner = Callable[..., tuple[list[Row], dict[str, Any]]]
 
@@ -39,6 +40,14 @@ def _runner(name: str) -> Runner:
         from . import _polling
 
         return _polling.run
+    if name == "workload":
+        from . import _workload
+
+        return _workload.run
+    if name == "simulate":
+        from . import _simulate
+
+        return _simulate.run
     from . import _ratelimit
 
     return _ratelimit.run

@@ -163,7 +163,7 @@ class AsyncClient:
                     f"{name} must be a {kind.__name__}, got {type(policy).__name__}"
                 )
         # The two shorthands override those fields of ``poll``; PollPolicy checks the result.
-        shorthands = {"interval": poll_interval, "max_interval": max_poll_interval}
+        shorthands: dict[str, Any] = {"interval": poll_interval, "max_interval": max_poll_interval}
         self.poll_policy = attrs.evolve(
             poll, **{field: value for field, value in shorthands.items() if value is not None}
         )
@@ -190,6 +190,7 @@ class AsyncClient:
         self._poller = Poller(
             self._status_once,
             reachable=lambda: self._transport is not None and self._transport.ever_answered,
+            base_url=self.base_url,
             policy=self.poll_policy,
             retry=retry,
             max_in_flight=max_concurrent_requests,
@@ -458,7 +459,9 @@ class AsyncClient:
 
         async def once() -> str:
             body = await self._api().post("/video/submit", payload, request_id=None)
-            return _request_id_from(body)
+            request_id = _request_id_from(body)
+            self._poller.expect(request_id, f"{model} {image_size}")  # what it learns under
+            return request_id
 
         journal = await self.journal()
         if journal is None:

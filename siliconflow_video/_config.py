@@ -50,13 +50,36 @@ class RetryPolicy:
 
 @attrs.frozen
 class PollPolicy:
-    """How ``wait`` spaces its status calls: from ``interval`` growing by ``growth`` per
-    call up to ``max_interval``, each spread by +/- ``jitter`` (a fraction)."""
+    """How ``wait`` spaces its status calls.
+
+    By default the client learns how long jobs run (per model and size when it submitted
+    the job, pooled otherwise) and polls where a finish is likely: sparsely while it is
+    not, densely across the window where it is, as the answers say when each run started.
+    While nothing is learned yet, or once a job has outlived what was learned, it polls
+    *blind*: from ``interval`` growing by ``growth`` per call up to ``max_blind_interval``.
+    No gap is ever longer than ``max_interval``; each is spread by +/- ``jitter`` (a
+    fraction). ``PollPolicy.growing()`` is the schedule of earlier releases (always blind:
+    1 s growing by 1.5x up to 10 s).
+    """
 
     interval: float = attrs.field(default=1.0, validator=_positive)
-    max_interval: float = attrs.field(default=10.0, validator=_positive)
+    #: The longest gap between two polls of one job, always.
+    max_interval: float = attrs.field(default=60.0, validator=_positive)
     growth: float = attrs.field(default=1.5)
     jitter: float = attrs.field(default=0.2)
+    #: The longest gap while polling blind (nothing learned, or a job slower than every
+    #: learned run: its finish may come at any moment), and while a job waits in the queue.
+    max_blind_interval: float = attrs.field(default=10.0, validator=_positive)
+    #: Learn run times and poll where a finish is likely; False: always poll blind.
+    learn: bool = True
+    #: How many seconds of delay (from a job's finish to the poll that sees it) one status
+    #: call is worth: larger means fewer calls and later sightings. Learned polling only.
+    call_cost: float = attrs.field(default=0.5, validator=_positive)
+    #: How long answers that are not a usable status (a status the API does not document,
+    #: such as ``"Cancelled"``; a ``Succeed`` with no video URL; a body that is not a status)
+    #: are asked again in a row, in seconds, before the wait ends with a
+    #: ``MalformedResponseError`` naming the last one. Any usable answer starts it over.
+    malformed_grace: float = attrs.field(default=60.0, validator=_not_negative)
 
     @growth.validator
     def _check_growth(self, _: attrs.Attribute[float], value: float) -> None:
@@ -74,6 +97,19 @@ class PollPolicy:
                 f"max_poll_interval ({self.max_interval}) must be >= "
                 f"poll_interval ({self.interval})"
             )
+
+    @property
+    def blind_cap(self) -> float:
+        """The longest gap while polling blind: ``max_blind_interval``, within
+        ``max_interval``."""
+        return min(self.max_blind_interval, self.max_interval)
+
+    @classmethod
+    def growing(cls, **changes: Any) -> PollPolicy:
+        """The schedule of earlier releases, which learns nothing: 1 s growing by 1.5x per
+        call up to 10 s (``changes`` override fields)."""
+        fields: dict[str, Any] = {"max_interval": 10.0, "learn": False, **changes}
+        return cls(**fields)
 
 
 @attrs.frozen
