@@ -207,12 +207,20 @@ async def test_custom_naming(fake: FakeSiliconFlow, client: AsyncClient, tmp_pat
             return "clip-0.mp4"  # the same name as a's first video
         return f"clip-{index}.mp4"
 
-    outcomes = await client.wait_and_download([a, b, c], tmp_path, naming=naming)
-    assert outcomes[0].paths == [tmp_path / "clip-0.mp4", tmp_path / "clip-1.mp4"]
-    assert isinstance(outcomes[1].error, sv.UnsafeFileNameError)
-    assert isinstance(outcomes[2].error, sv.UnsafeFileNameError)
-    assert (tmp_path / "clip-0.mp4").read_bytes() == fake.video_bytes(a, 0)
+    by_id = {
+        o.request_id: o
+        for o in await client.wait_and_download([a, b, c], tmp_path, naming=naming)
+    }
+    assert isinstance(by_id[b].error, sv.UnsafeFileNameError)
     assert not (tmp_path.parent / "escape.mp4").exists()
+    # a and c both want clip-0.mp4: whichever job is seen first gets it, the other fails.
+    [won] = [by_id[rid] for rid in (a, c) if by_id[rid].ok]
+    [lost] = [by_id[rid] for rid in (a, c) if not by_id[rid].ok]
+    assert isinstance(lost.error, sv.UnsafeFileNameError)
+    assert won.paths[0] == tmp_path / "clip-0.mp4"
+    assert won.paths[0].read_bytes() == fake.video_bytes(won.request_id, 0)
+    if won.request_id == a:
+        assert won.paths == [tmp_path / "clip-0.mp4", tmp_path / "clip-1.mp4"]
 
 
 async def test_repeated_ids_share_one_download(
