@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -30,21 +32,32 @@ from ._download import DiskWrites, download_video
 from ._exceptions import (
     APIStatusError,
     ConfigurationError,
+    InvalidDestinationError,
     JobFailedError,
+    JournalError,
     MalformedResponseError,
     SiliconFlowError,
     SubmitUnknownError,
     WaitTimeoutError,
 )
-from ._http import APITransport, is_safe_to_resubmit, with_retries
+from ._http import (
+    APITransport,
+    EnvProxies,
+    Proxies,
+    is_safe_to_resubmit,
+    no_proxies,
+    with_retries,
+)
 from ._journal import (
     JobRecord,
     JobState,
     Journal,
     JournalRecord,
+    Lease,
     Recorder,
     open_journal,
 )
+from ._logging import logger
 from ._models import (
     Naming,
     Outcome,
@@ -124,7 +137,8 @@ class AsyncClient:
     downloads use a separate session that never sees the key: ``video_session`` if given
     (it must have ``auto_decompress=False``; it is not closed either), else one the client
     creates. Sessions the client creates follow ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY``
-    (and ``.netrc``) as requests and httpx do, unless ``trust_env=False``.
+    as requests and httpx do, unless ``trust_env=False`` (``.netrc`` is never read: its
+    credentials would clash with the key, or reach the video host).
     """
 
     def __init__(
@@ -179,7 +193,12 @@ class AsyncClient:
                 "video_session must be created with auto_decompress=False: the bytes on "
                 "disk must be the bytes the host sent, and their length the announced one"
             )
-        self._trust_env = trust_env
+        # Proxies from the environment, asked per request (never .netrc: see EnvProxies),
+        # for the sessions this client makes; a session passed in keeps its own settings.
+        self._api_proxies: Proxies = EnvProxies() if trust_env and session is None else no_proxies
+        self._video_proxies: Proxies = (
+            EnvProxies() if trust_env and video_session is None else no_proxies
+        )
         self._download_session = video_session
         self._owns_download_session = video_session is None
         # One cap for every call on this client: a FastAPI app's many requests share it.
@@ -221,20 +240,25 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop polling and close the sessions this client created."""
+        """Stop polling and close the sessions (and the journal) this client opened."""
         if self._closed:
             return
         self._closed = True
-        await self._poller.aclose()
-        if self._owns_download_session and self._download_session is not None:
-            await self._download_session.close()
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-        if self._owns_journal and self._journal is not None and self._journal_opened:
-            await self._journal.aclose()
+        try:
+            await self._poller.aclose()
+        finally:
+            try:
+                if self._owns_download_session and self._download_session is not None:
+                    await self._download_session.close()
+                if self._owns_session and self._session is not None:
+                    await self._session.close()
+            finally:
+                if self._owns_journal and self._journal is not None and self._journal_opened:
+                    await self._journal.aclose()
 
     async def journal(self) -> Journal | None:
         """The client's journal, opened (None when it has none)."""
+        self._api()  # a closed client, or another loop's, opens nothing
         if self._journal is None:
             return None
         async with self._journal_lock:
@@ -270,7 +294,6 @@ class AsyncClient:
                         limit=self.max_concurrent_requests, ttl_dns_cache=300
                     ),
                     raise_for_status=False,
-                    trust_env=self._trust_env,
                 )
             self._transport = APITransport(
                 self._session,
@@ -280,6 +303,7 @@ class AsyncClient:
                 max_concurrent_requests=self.max_concurrent_requests,
                 governor=self._governor,
                 max_retry_after=self.retry_policy.max_retry_after,
+                proxies=self._api_proxies,
             )
         return self._transport
 
@@ -294,7 +318,6 @@ class AsyncClient:
                 connector=aiohttp.TCPConnector(limit=0),
                 auto_decompress=False,
                 raise_for_status=False,
-                trust_env=self._trust_env,
             )
         return self._download_session
 
@@ -468,9 +491,9 @@ class AsyncClient:
             return await with_retries(self.retry_policy, once, retry_if=is_safe_to_resubmit)
         if dest is None:
             raise ConfigurationError(
-                "with a journal, submit needs dest=: the folder (or s3:// URL) where "
-                "resume puts the job's videos"
+                "with a journal, submit needs dest=: the folder where resume puts the job's videos"
             )
+        _local(dest)
         intent = await journal.begin_submit(payload, dest=dest, submit_key=submit_key)
         job = intent.job
         if not intent.proceed:
@@ -482,16 +505,24 @@ class AsyncClient:
                 "Find its requestId in SiliconFlow's console, or give it up",
                 job_key=job.job_key,
             )
+        # begin_submit holds the new job's lease; given back once the outcome is written.
+        lease = Lease(job.job_key, None, journal.owner, datetime.now(UTC))
         try:
-            request_id = await with_retries(self.retry_policy, once, retry_if=is_safe_to_resubmit)
-        except BaseException as exc:
-            if isinstance(exc, SiliconFlowError) and _surely_not_created(exc):
-                await journal.failed(job.job_key, exc)
-            else:  # cancelled, dropped or answered oddly mid-POST: nobody knows
-                await asyncio.shield(journal.submit_unknown(job.job_key, exc))
-            raise
-        await journal.submitted(job.job_key, request_id)
-        return request_id
+            try:
+                request_id = await with_retries(
+                    self.retry_policy, once, retry_if=is_safe_to_resubmit
+                )
+            except BaseException as exc:
+                if isinstance(exc, SiliconFlowError) and _surely_not_created(exc):
+                    await journal.failed(job.job_key, exc)
+                else:  # cancelled, dropped or answered oddly mid-POST: nobody knows
+                    await asyncio.shield(journal.submit_unknown(job.job_key, exc))
+                raise
+            await _record_submitted(journal, job.job_key, request_id)
+            return request_id
+        finally:
+            with contextlib.suppress(SiliconFlowError):
+                await asyncio.shield(journal.release(lease))
 
     # -- download ---------------------------------------------------------------------------
 
@@ -508,6 +539,7 @@ class AsyncClient:
         """Wait for every job and download every video into ``dest``; see
         :func:`siliconflow_video.wait_and_download`. ``max_concurrent_downloads`` may
         lower the client's cap for this call; the client's cap holds across all calls."""
+        _local(dest)
         journal = await self.journal()
         return await run_batch(
             _BatchPort(self),
@@ -537,23 +569,38 @@ class AsyncClient:
         journal = await self.journal()
         if journal is None:
             raise ConfigurationError("resume needs a journal: AsyncClient(journal=PATH)")
+        order: list[str] = []
         by_dest: dict[str, list[str]] = {}
         for job in await journal.jobs():
             if job.request_id is None or not _resumable(job):
                 continue  # submit_unknown and submitting rows are a person's to settle
+            order.append(job.request_id)
             by_dest.setdefault(job.dest, []).append(job.request_id)
-        runs = [
-            self.wait_and_download(
-                ids,
-                dest,
-                timeout=timeout,
-                max_concurrent_downloads=max_concurrent_downloads,
-                progress=progress,
-                naming=naming,
-            )
-            for dest, ids in by_dest.items()
-        ]
-        return [outcome for outcomes in await asyncio.gather(*runs) for outcome in outcomes]
+        dests = list(by_dest)
+        runs = await asyncio.gather(
+            *(
+                self.wait_and_download(
+                    by_dest[dest],
+                    dest,
+                    timeout=timeout,
+                    max_concurrent_downloads=max_concurrent_downloads,
+                    progress=progress,
+                    naming=naming,
+                )
+                for dest in dests
+            ),
+            return_exceptions=True,
+        )
+        outcomes: dict[str, Outcome] = {}
+        for dest, run in zip(dests, runs, strict=True):
+            if isinstance(run, BaseException):
+                if not isinstance(run, SiliconFlowError):
+                    raise run  # a bug or a cancellation, not one destination's trouble
+                # One destination that cannot be used (a folder gone) fails its own ids.
+                outcomes.update({rid: Outcome(rid, None, (), run) for rid in by_dest[dest]})
+            else:
+                outcomes.update({o.request_id: o for o in run})
+        return [outcomes[rid] for rid in order]
 
 
 class _BatchPort:
@@ -592,6 +639,7 @@ class _BatchPort:
                 refresh_url=refresh_url,
                 policy=client.download_policy,
                 writes=client._disk_writes,
+                proxies=client._video_proxies,
                 request_id=request_id,
                 index=index,
                 on_progress=on_progress,
@@ -610,6 +658,41 @@ def _result(request_id: str, future: asyncio.Future[VideoStatus]) -> WaitResult:
     if status.status is Status.FAILED:
         return WaitResult(request_id, status, JobFailedError(request_id, status.reason))
     return WaitResult(request_id, status, None)
+
+
+async def _record_submitted(journal: Journal, job_key: str, request_id: str) -> None:
+    """Write the requestId SiliconFlow just gave: a few tries, since after this only
+    SiliconFlow knows it. If the journal still refuses, the id goes into the error and the
+    log, so that a person can settle the job by hand."""
+    for attempt in range(3):
+        try:
+            await asyncio.shield(journal.submitted(job_key, request_id))
+            return
+        except JournalError as exc:
+            if attempt == 2:
+                logger.error(
+                    "journal: submitted job %s is requestId %s, but it could not be recorded: %s",
+                    job_key,
+                    request_id,
+                    exc,
+                )
+                raise JournalError(
+                    f"SiliconFlow accepted the job as requestId {request_id}, but the "
+                    f"journal could not record it ({exc}); keep this id: the journal "
+                    "still shows the submit as unknown",
+                    path=exc.path,
+                    request_id=request_id,
+                ) from exc
+            await asyncio.sleep(0.2 * (attempt + 1))
+
+
+def _local(dest: str | os.PathLike[str]) -> None:
+    """Object storage destinations are not wired into the pipeline yet: refuse them rather
+    than write into a local folder named ``s3:``."""
+    if os.fspath(dest).startswith("s3://"):
+        raise InvalidDestinationError(
+            f"{os.fspath(dest)!r}: s3:// destinations are not supported here yet; give a folder"
+        )
 
 
 def _resumable(job: JobRecord) -> bool:

@@ -9,12 +9,14 @@ import json
 import math
 import random
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from datetime import UTC
 from typing import Any, TypeVar
 
 import aiohttp
 import backoff
+import yarl
 
 from ._config import RetryPolicy
 from ._exceptions import (
@@ -168,6 +170,53 @@ def with_retries(
     return retrying()
 
 
+class EnvProxies:
+    """The proxy for a URL from ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` and
+    ``NO_PROXY``, as requests and httpx read them: keyword arguments for one aiohttp request.
+
+    The client's sessions are made with ``trust_env=False`` and ask this per request
+    instead: aiohttp's ``trust_env`` also applies ``.netrc`` credentials, which would clash
+    with the API key's header and reach the video host, another origin. Looked up once per
+    scheme, host and port (on some systems the lookup asks the OS).
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, str | None, int | None], dict[str, Any]] = {}
+
+    def __call__(self, url: yarl.URL) -> dict[str, Any]:
+        key = (url.scheme, url.host, url.port)
+        found = self._known.get(key)
+        if found is None:
+            found = self._known[key] = _proxy_for(url)
+        return found
+
+
+def _proxy_for(url: yarl.URL) -> dict[str, Any]:
+    if url.host is not None and urllib.request.proxy_bypass_environment(url.host):  # type: ignore[attr-defined]
+        return {}
+    configured = urllib.request.getproxies_environment().get(url.scheme)
+    if not configured:
+        return {}
+    proxy = yarl.URL(configured if "://" in configured else f"http://{configured}")
+    if proxy.user is None:
+        return {"proxy": proxy}
+    # Credentials from the proxy's own URL only (not .netrc), sent to the proxy alone.
+    auth = aiohttp.BasicAuth(proxy.user, proxy.password or "")
+    return {
+        "proxy": proxy.with_user(None),
+        "proxy_headers": {"Proxy-Authorization": auth.encode()},
+    }
+
+
+def no_proxies(url: yarl.URL) -> dict[str, Any]:
+    """Every request direct (``trust_env=False``, or a session of the caller's own)."""
+    return {}
+
+
+#: How a request learns its proxy: ``EnvProxies()`` or ``no_proxies``.
+Proxies = Callable[[yarl.URL], Mapping[str, Any]]
+
+
 class APITransport:
     """Sends requests to the API over one session, under one concurrency cap and one
     rate governor. Holds the key; never shows it."""
@@ -182,8 +231,10 @@ class APITransport:
         max_concurrent_requests: int,
         governor: RateGovernor,
         max_retry_after: float,
+        proxies: Proxies = no_proxies,
     ) -> None:
         self._session = session
+        self._proxies = proxies
         self._base_url = base_url
         self._headers = {
             "Authorization": f"Bearer {api_key}",
@@ -269,5 +320,6 @@ class APITransport:
             headers=self._headers,
             timeout=self._timeout,
             raise_for_status=False,
+            **self._proxies(yarl.URL(url)),
         ) as resp:
             return resp.status, resp.headers, await resp.read()

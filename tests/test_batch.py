@@ -208,8 +208,7 @@ async def test_custom_naming(fake: FakeSiliconFlow, client: AsyncClient, tmp_pat
         return f"clip-{index}.mp4"
 
     by_id = {
-        o.request_id: o
-        for o in await client.wait_and_download([a, b, c], tmp_path, naming=naming)
+        o.request_id: o for o in await client.wait_and_download([a, b, c], tmp_path, naming=naming)
     }
     assert isinstance(by_id[b].error, sv.UnsafeFileNameError)
     assert not (tmp_path.parent / "escape.mp4").exists()

@@ -134,3 +134,23 @@ async def test_a_decompressing_video_session_is_refused(fake: FakeSiliconFlow) -
             make_client(fake, video_session=session)
     finally:
         await session.close()
+
+
+async def test_a_netrc_default_entry_is_never_sent(
+    fake: FakeSiliconFlow, proxy: ForwardProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ~/.netrc with a default entry changes nothing: the API calls still carry only the
+    key, and its credentials never reach the video host (trust_env reads proxies only)."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("default login me password hunter2\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    rid = fake.add_job(videos=[20_000])
+    async with make_client(fake) as client:
+        [outcome] = await client.wait_and_download([rid], tmp_path / "v")
+    assert outcome.ok, outcome.error
+    videos = fake.requests_for("video", rid)
+    assert videos
+    assert all("Authorization" not in r.headers for r in videos)
+    assert all(s.authorization in (None, f"Bearer {fake.api_key}") for s in proxy.seen)

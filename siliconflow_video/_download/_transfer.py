@@ -30,7 +30,7 @@ import yarl
 
 from .._config import DownloadPolicy
 from .._exceptions import ForeignFileError, VideoURLExpiredError
-from .._http import backoff_delay, parse_retry_after
+from .._http import Proxies, backoff_delay, no_proxies, parse_retry_after
 from .._logging import logger, redact_url, scrub_urls
 from .._models import VideoFile
 from ._partfile import (
@@ -74,6 +74,7 @@ async def download_video(
     request_id: str,
     index: int,
     on_progress: Callable[[int, int | None], None] | None = None,
+    proxies: Proxies = no_proxies,
 ) -> VideoFile:
     """Bring the video at ``url`` to ``path`` (an already validated file path), resuming
     any ``.part`` left by an earlier run, and return it with its size (and its sha256, when
@@ -83,6 +84,7 @@ async def download_video(
     and no Authorization header is added. ``refresh_url`` asks ``/video/status`` again for a
     fresh URL when this one has expired; it returns None when there is none. ``writes`` is
     the calling client's: its disk, and whether its downloads write from the event loop.
+    ``proxies`` gives each request its proxy (the client's ``EnvProxies``).
 
     Raises ``DownloadError`` (disk errors, non-retryable statuses, retries used up) or
     ``VideoURLExpiredError``. On any failure or cancellation the bytes received stay in
@@ -102,7 +104,7 @@ async def download_video(
             # Completed by a holder we never waited for; what is in .part is a leftover.
             await ctx.disk("remove", ctx.part, remove_leftovers, ctx.part, ctx.meta)
             return done
-        transfer = _Transfer(session, ctx, lock, refresh_url, policy, writes, on_progress)
+        transfer = _Transfer(session, ctx, lock, refresh_url, policy, writes, on_progress, proxies)
         try:
             return await transfer.run()
         except BaseException:
@@ -275,8 +277,10 @@ class _Transfer:
         policy: DownloadPolicy,
         writes: DiskWrites,
         on_progress: Callable[[int, int | None], None] | None,
+        proxies: Proxies,
     ) -> None:
         self.session = session
+        self.proxies = proxies
         self.ctx = ctx
         self.lock = lock
         self.fd = lock.fd
@@ -422,15 +426,17 @@ class _Transfer:
             if_range = self.validator.if_range() if self.validator else None
             if if_range:
                 headers["If-Range"] = if_range
+        target = yarl.URL(self.ctx.url, encoded=True)
         with self._network_errors():
             async with (
                 self.idle.running(),
                 self.session.get(
                     # encoded=True: send the signed query byte for byte, as it was signed.
-                    yarl.URL(self.ctx.url, encoded=True),
+                    target,
                     headers=headers,
                     timeout=self.timeout,
                     raise_for_status=False,
+                    **self.proxies(target),
                 ) as resp,
             ):
                 self.idle.heard(force=True)

@@ -1,8 +1,8 @@
 """What the ``wait_and_download`` pipeline tells a journal, in the pipeline's own terms.
 
-The pipeline holds one ``Recorder``: ``NoRecord`` when the client has no journal (every
-method a no-op), ``JournalRecord`` otherwise. So the pipeline has one path, and a journal
-is one object behind it, not a branch at every step.
+The pipeline holds one ``Recorder``: the base class itself when the client has no
+journal (every method a no-op), ``JournalRecord`` otherwise. So the pipeline has one path,
+and a journal is one object behind it, not a branch at every step.
 
 Order matters and is kept here: ids are accepted (committed) before the first status
 call; a job's ``Succeed`` and its URLs are committed before its first byte is fetched; a
@@ -14,15 +14,18 @@ size, is reported again without a status call or a byte fetched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .._exceptions import JobFailedError, LeaseHeldError, SiliconFlowError, WaitTimeoutError
+from .._logging import logger
 from .._models import Outcome, VideoFile, VideoStatus
 from ._base import JobRecord, JobState, Journal, Lease
 
-__all__ = ["JournalRecord", "NoRecord", "Recorder"]
+__all__ = ["JournalRecord", "Recorder"]
 
 
 class Recorder:
@@ -63,19 +66,23 @@ class Recorder:
         """Give up every lease taken."""
 
 
-NoRecord = Recorder
-
-
 class JournalRecord(Recorder):
     """Records one batch into ``journal``."""
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
-        self.leases: list[Lease] = []
+        # Job keys whose lease we hold or asked for: added before the claim is awaited, so
+        # that a claim committed under a cancellation is still given back.
+        self.claimed: set[str] = set()
         # A job journaled before its submit is keyed by a generated key, not its id.
         self.keys: dict[str, str] = {}
+        self.dest = Path.cwd()
+
+    def key(self, request_id: str) -> str:
+        return self.keys.get(request_id, request_id)
 
     async def accept(self, request_ids: list[str], dest: Path) -> dict[str, Outcome]:
+        self.dest = dest
         records = await self.journal.accept(request_ids, dest=dest)
         known: dict[str, Outcome] = {}
         for record in records:
@@ -86,27 +93,25 @@ class JournalRecord(Recorder):
                 known[outcome.request_id] = outcome
         return known
 
-    def key(self, request_id: str) -> str:
-        return self.keys.get(request_id, request_id)
-
     async def claim(self, request_id: str, *, wait: float | None) -> bool:
+        key = self.key(request_id)
+        self.claimed.add(key)
         if wait == 0:
-            lease = await self.journal.try_claim(self.key(request_id))
+            lease = await self.journal.try_claim(key)
         else:
             try:
-                lease = await self.journal.claim(
-                    self.key(request_id), wait=math.inf if wait is None else wait
-                )
+                lease = await self.journal.claim(key, wait=math.inf if wait is None else wait)
             except LeaseHeldError:
                 lease = None
         if lease is None:
-            return False
-        self.leases.append(lease)
-        return True
+            self.claimed.discard(key)
+        return lease is not None
 
     async def known_outcome(self, request_id: str) -> Outcome | None:
-        record = await self.journal.find(request_id)
-        return None if record is None else await self._outcome_of(record)
+        # Accepted again now that the lease is ours: a job the other process failed on our
+        # side is re-armed, as on a fresh run.
+        [record] = await self.journal.accept([request_id], dest=self.dest)
+        return await self._outcome_of(record)
 
     def polled(self, status: VideoStatus) -> None:
         self.journal.note_poll(self.key(status.request_id), status.status.value)
@@ -136,7 +141,7 @@ class JournalRecord(Recorder):
         await self.journal.video_done(
             self.key(request_id),
             video.index,
-            path=str(video.path),
+            path=str(video.path.absolute()),  # the journal outlives the working directory
             size=video.size,
             sha256=video.sha256,
         )
@@ -145,9 +150,14 @@ class JournalRecord(Recorder):
         await self.journal.video_failed(self.key(request_id), index, error)
 
     async def release(self) -> None:
-        leases, self.leases = self.leases, []
-        for lease in leases:
-            await self.journal.release(lease)
+        claimed, self.claimed = self.claimed, set()
+        for key in claimed:
+            try:
+                await self.journal.release(Lease(key, None, self.journal.owner, datetime.now(UTC)))
+            except SiliconFlowError as exc:
+                # The work is done and recorded; a lease not given back expires, or goes
+                # when this journal closes. Never worth an outcome.
+                logger.warning("journal: could not give back the lease of %r: %s", key, exc)
 
     async def _outcome_of(self, record: JobRecord) -> Outcome | None:
         """The outcome the journal already holds for a job: done with every file still
@@ -163,20 +173,17 @@ class JournalRecord(Recorder):
         files: list[VideoFile] = []
         stale: list[int] = []
         for video in record.videos:
-            if (
-                video.path is None
-                or video.size is None
-                or await asyncio.to_thread(_size_of, video.path) != video.size
-            ):
-                stale.append(video.index)
-            else:
-                files.append(
-                    VideoFile(Path(video.path), video.size, video.sha256, True, video.index)
-                )
-        if stale:
+            size = None if video.path is None else await asyncio.to_thread(_size_of, video.path)
+            if video.path is None or size is None or size != video.size:
+                stale.append(video.index)  # gone or changed since: fetch it again
+                continue
+            files.append(VideoFile(Path(video.path), size, video.sha256, True, video.index))
+        if not stale:
+            return Outcome(rid, None, tuple(files), None)
+        # Another process holding the id is at it already: it is waited for like any held id.
+        with contextlib.suppress(LeaseHeldError):
             await self.journal.reopen(record.job_key, stale)
-            return None
-        return Outcome(rid, None, tuple(files), None)
+        return None
 
 
 def _size_of(path: str) -> int | None:
