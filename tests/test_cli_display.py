@@ -1,13 +1,20 @@
-"""The live display: rows and header rendered with a clock the test drives."""
+"""The live display: rows and header rendered with a clock the test drives, and the
+command line run on a real pseudo-terminal, read back as a person would see it."""
 
 from __future__ import annotations
 
 import io
 import logging
+import os
+import pty
 import re
-from collections.abc import Sequence
+import select
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import attrs
 import pytest
 from rich.console import Console
 
@@ -30,8 +37,10 @@ from siliconflow_video._cli._progress import (
     PlainDisplay,
 )
 from siliconflow_video._cli._rows import failure_words, human_duration, shorten
+from siliconflow_video.testing import FakeSiliconFlow, SlowBody, StallMidBody
 
 MiB = 1024 * 1024
+KEY = "sk-display-test-5b0c9e1f"
 
 
 class Clock:
@@ -97,7 +106,7 @@ def test_each_row_says_its_state_in_words() -> None:
     display.finished("reused", None, [reused])
     send(display, "fresh", EventKind.BYTES, index=0, bytes_done=3 * MiB, bytes_total=3 * MiB)
     send(display, "fresh", EventKind.FILE, index=0, bytes_done=3 * MiB, bytes_total=3 * MiB)
-    display.finished("fresh", None, [attrs_evolve(reused, reused=False, size=3 * MiB)])
+    display.finished("fresh", None, [attrs.evolve(reused, reused=False, size=3 * MiB)])
     display.finished("refused", JobFailedError("refused", "content policy violation"))
     display.finished("offline", APIConnectionError("connection refused"))
 
@@ -114,12 +123,6 @@ def test_each_row_says_its_state_in_words() -> None:
     assert "failed: cannot reach https://" in row(lines, "offline")
     text = "\n".join(lines)
     assert "Error" not in text  # words, not class names
-
-
-def attrs_evolve(file: VideoFile, **changes: object) -> VideoFile:
-    import attrs
-
-    return attrs.evolve(file, **changes)
 
 
 def test_failure_words_are_one_line_without_the_id() -> None:
@@ -313,3 +316,127 @@ def test_plain_display_says_each_change_once(caplog: pytest.LogCaptureFixture) -
         "r: video 0: 4 B of 10 B (40%)",
         "r: failed",
     ]
+
+
+# --- on a real pseudo-terminal -----------------------------------------------------------------
+
+CSI = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z])")
+
+
+def terminal_lines(raw: bytes) -> list[str]:
+    """Every stretch of text the program wrote from a line's start to the next line break or
+    cursor move: on an 80-column terminal, a stretch longer than 80 would wrap."""
+    text = raw.decode("utf-8", "replace")
+    text = re.sub(r"\x1b\][^\x07]*\x07", "", text)  # window titles
+    text = CSI.sub(lambda m: "" if m.group(2) == "m" or m.group(1).startswith("?") else "\n", text)
+    return [piece for piece in re.split(r"[\r\n]", text) if piece.strip()]
+
+
+def run_on_terminal(
+    args: Sequence[str], env: dict[str, str], *, lines: int = 24, stdout_too: bool = True
+) -> tuple[int, bytes, str]:
+    """Run the command with stdin and stderr (and stdout) on a pseudo-terminal of 80 columns;
+    what the terminal got, and what stdout got when it is a pipe."""
+    leader, follower = pty.openpty()
+    env = {**env, "COLUMNS": "80", "LINES": str(lines), "TERM": "xterm"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "siliconflow_video", *args],
+        env=env,
+        stdin=follower,
+        stdout=follower if stdout_too else subprocess.PIPE,
+        stderr=follower,
+    )
+    os.close(follower)
+    got = bytearray()
+    while True:
+        ready, _, _ = select.select([leader], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            got += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(leader)
+    out = proc.stdout.read().decode() if proc.stdout is not None else ""
+    return proc.wait(timeout=30), bytes(got), out
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SILICONFLOW_")}
+    env.pop("COLUMNS", None)
+    return env
+
+
+def test_demo_on_a_terminal_shows_header_and_rows_in_words(tmp_path: Path) -> None:
+    """The demo on an 80-column terminal: a header with totals, rows going from queued
+    through running and downloading to done, and no display line over 80 columns."""
+    code, raw, _ = run_on_terminal(["demo", "-o", str(tmp_path)], clean_env())
+    assert code == 0, raw.decode(errors="replace")
+    lines = terminal_lines(raw)
+    cut = next(i for i, line in enumerate(lines) if line.startswith("Downloaded 3 videos"))
+    board = lines[:cut]  # below it, stdout's results: long paths with their sha256
+    assert_fits(board)
+    text = "\n".join(board)
+    assert "all jobs: 3 done, 0 failed, 0 still waiting" in text
+    for words in ("queued at SiliconFlow", "running at SiliconFlow", "downloading ", "done "):
+        assert words in text, words
+    assert re.search(r"downloading [\d.]+/[\d.]+ MiB [\d.]+ (KiB|MiB)/s", text)
+    assert re.search(r"\d+\.\d MiB of 9\.0 MiB · [\d.]+ (KiB|MiB)/s", text)
+    assert "Traceback" not in text
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeSiliconFlow]:
+    fake = FakeSiliconFlow(api_key=KEY, seed=11)
+    with fake.run_in_thread():
+        yield fake
+
+
+def test_download_on_a_small_terminal(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """Many ids on a short 80-column terminal: the busiest in rows (stalled, waiting for a
+    slot), a summary line for the rest; a rerun says reused, and failed with the reason."""
+    env = {
+        **clean_env(),
+        "SILICONFLOW_API_KEY": KEY,
+        "SILICONFLOW_BASE_URL": server.base_url,
+    }
+    stalled = server.add_job(videos=[64 * 1024])
+    server.add_fault("video", StallMidBody(after_bytes=8192, seconds=STALLED_AFTER + 3),
+                     request_id=stalled)  # fmt: skip
+    failed = [server.add_job(outcome="Failed", reason="content policy") for _ in range(2)]
+    slow = [server.add_job(videos=[96 * 1024]) for _ in range(3)]
+    for rid in slow:
+        server.add_fault("video", SlowBody(bytes_per_second=64 * 1024), request_id=rid)
+    queued = [server.add_job(queue_seconds=4, videos=[1000]) for _ in range(6)]
+    ids = [stalled, *failed, *slow, *queued]
+    args = ["download", *ids, "-o", str(tmp_path), "--concurrency", "2"]
+    code, raw, out = run_on_terminal(args, env, lines=12, stdout_too=False)
+    assert code == 1, raw.decode(errors="replace")
+    lines = terminal_lines(raw)
+    # After the board, the closing error and summary lines, which wrap like any message.
+    end = next(i for i, line in enumerate(lines) if line.startswith("error: "))
+    assert_fits(lines[:end])
+    assert all(
+        line.strip() != "..." for line in lines[:end]
+    )  # rich's mark of a board taller than the terminal
+    text = "\n".join(lines)
+    assert re.search(r"downloading [\d.]+/64\.0 KiB stalled 0:0\d", text)
+    assert "waiting for a download slot" in text
+    summaries = [line for line in lines if re.match(r"\+ \d+ more: ", line)]
+    assert any("queued" in line and "failed" in line for line in summaries), summaries
+    assert any(line.startswith("failed: ") and shorten(failed[0], 16) in line for line in lines)
+    assert "all jobs: 10 done, 2 failed, 0 still waiting" in text
+    assert "JobFailedError" not in text
+    assert "Traceback" not in text
+    assert len(out.splitlines()) == len(ids)
+
+    again = [stalled, *failed, *slow]
+    code, raw, _ = run_on_terminal(["download", *again, "-o", str(tmp_path)], env)
+    assert code == 1, raw.decode(errors="replace")
+    text = "\n".join(terminal_lines(raw))
+    assert "reused (already complete) 64.0 KiB" in text
+    assert "failed: job failed: content policy" in text
