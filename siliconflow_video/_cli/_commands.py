@@ -327,7 +327,7 @@ class Cli:
             )
         except SiliconFlowError as exc:
             outcome = Outcome(request_id, None, (), exc)
-        self.display.finished(request_id, outcome.error)
+        self.display.finished(request_id, outcome.error, outcome.files)
         self.emit(Row.from_outcome(outcome))
 
     async def status(self) -> int:
@@ -591,6 +591,7 @@ def run(argv: list[str] | None) -> int:
     redactor = RedactingFilter([api_key, api_key.strip()] if api_key else [])
     display = _make_display(args.quiet)
     cli = Cli(args, display, redactor.redact, api_key, sys.stdout)
+    display.explain = cli.explain  # rows say why an id failed, with the real base URL
     with _logging_to(display, redactor, verbose=args.verbose, quiet=args.quiet):
         if args.command in ("download", "status", "wait"):
             # Before the event loop: a Ctrl-C while reading stdin must stop the read.

@@ -3,6 +3,7 @@ every part of the command line prints through."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import attrs
@@ -11,7 +12,16 @@ from .._exceptions import JobFailedError
 from .._models import Outcome, Status, VideoFile, VideoStatus
 from ._explain import explain
 
-__all__ = ["Row", "human_size", "printable", "write_text"]
+__all__ = [
+    "Row",
+    "failure_words",
+    "human_duration",
+    "human_size",
+    "human_speed",
+    "printable",
+    "shorten",
+    "write_text",
+]
 
 
 def human_size(size: int | None) -> str:
@@ -24,6 +34,46 @@ def human_size(size: int | None) -> str:
             return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def human_speed(bytes_per_second: float) -> str:
+    """``2.1 MiB/s`` and the like."""
+    return f"{human_size(int(bytes_per_second))}/s"
+
+
+def human_duration(seconds: float) -> str:
+    """``0:42``, ``12:05`` or ``1:02:03``: a clock's way, as curl and aria2 show times."""
+    whole = max(0, int(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters in the middle (``1a2b3c…9f0e``): both ends of an
+    id are what a person compares."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    head = width // 2
+    tail = width - 1 - head
+    return text[:head] + "…" + (text[-tail:] if tail else "")
+
+
+def failure_words(
+    error: BaseException,
+    request_id: str,
+    explain_error: Callable[[BaseException], tuple[str, str]],
+) -> str:
+    """Why an id failed, in one line without the id (its row names it already):
+    ``job failed: <reason>`` for a job SiliconFlow failed, else what went wrong."""
+    if isinstance(error, JobFailedError):
+        return f"job failed: {error.reason or 'no reason given'}"
+    what = explain_error(error)[0]
+    quoted = repr(request_id)
+    what = what.replace(f"job {quoted} ", "job ").replace(f" {quoted}", "")
+    return " ".join(what.split())
 
 
 def printable(text: str) -> str:
