@@ -20,7 +20,10 @@ Signed URLs carry a credential in their query string, so messages and logs only 
 
 The modules, in the order the data goes through them:
 
-- ``_transfer``: ``download_video``, the tries, URL refreshes and the host's idle deadline;
+- ``_transfer``: ``download_video``: the lock, reusing a finished file, and the ``.part``
+  file as a sink (``PartFile``);
+- ``_fetch``: one URL into any sink (this file, or an object-store upload): the tries, URL
+  refreshes, the host's idle deadline and decoding;
 - ``_responses``: what an answer means, from its status and headers;
 - ``_writer``: the body into ``.part`` (offset, hash, batches, loop or thread);
 - ``_partfile``: ``.part``, its sidecar and lock, and what disk errors mean.
