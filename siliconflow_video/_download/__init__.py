@@ -29,16 +29,25 @@ The modules, in the order the data goes through them:
 - ``_partfile``: ``.part``, its sidecar and lock, and what disk errors mean.
 """
 
-from ._partfile import disk_message
-from ._transfer import VideoFile, download_video
+from ._fetch import Fetch, HostClock, IdleDeadline, Progress, Sink, Source
+from ._partfile import Validator, disk_message
+from ._transfer import PartFile, VideoFile, download_video
 from ._writer import OS_DISK, Disk, DiskWrites, OSDisk, PartWrite
 
 __all__ = [
     "OS_DISK",
     "Disk",
     "DiskWrites",
+    "Fetch",
+    "HostClock",
+    "IdleDeadline",
     "OSDisk",
+    "PartFile",
     "PartWrite",
+    "Progress",
+    "Sink",
+    "Source",
+    "Validator",
     "VideoFile",
     "disk_message",
     "download_video",

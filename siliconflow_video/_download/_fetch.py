@@ -48,7 +48,7 @@ from ._responses import (
     range_was_complete,
 )
 
-__all__ = ["Fetch", "IdleDeadline", "Sink", "Source"]
+__all__ = ["Fetch", "HostClock", "IdleDeadline", "Progress", "Sink", "Source"]
 
 _R_co = TypeVar("_R_co", covariant=True)
 
