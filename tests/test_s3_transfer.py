@@ -19,13 +19,18 @@ import attrs
 import pytest
 
 from siliconflow_video import DownloadError, DownloadPolicy, VideoURLExpiredError
-from siliconflow_video._exceptions import ForeignFileError
+from siliconflow_video._exceptions import (
+    ForeignFileError,
+    NoSuchBucketError,
+    StorageUnavailableError,
+)
 from siliconflow_video._sinks import (
     MIN_PART_SIZE,
     S3Settings,
     S3Store,
     StoredVideo,
     UploadState,
+    _upload,
     upload_video,
 )
 from siliconflow_video.testing import (
@@ -440,5 +445,26 @@ async def test_memory_stays_about_a_part(
     finally:
         tracemalloc.stop()
     assert result.size == size
+    print(f"peak {peak / MiB:.1f} MiB")
     assert peak < 2 * PART + 4 * MiB, f"peak {peak / MiB:.1f} MiB"
     assert hashlib.sha256(read_back(seaweed, result.key)).hexdigest() == expected
+
+
+@pytest.mark.parametrize(
+    ("error", "recorded", "left_open"),
+    [
+        (asyncio.CancelledError(), False, True),
+        (KeyboardInterrupt(), False, True),
+        (StorageUnavailableError("SlowDown"), True, True),
+        (StorageUnavailableError("SlowDown"), False, False),
+        (NoSuchBucketError("gone"), True, False),
+        (DownloadError("gave up"), True, False),
+        (RuntimeError("a bug"), True, False),
+    ],
+)
+def test_which_endings_leave_the_upload_open(
+    error: BaseException, recorded: bool, left_open: bool
+) -> None:
+    """A cancellation (a crash) leaves the upload open; so does a store outage when
+    on_state recorded its id; anything else aborts it."""
+    assert _upload._resumable(error, recorded=recorded) is left_open

@@ -8,7 +8,8 @@
   part (number, ETag, size) is reported to ``on_part`` so a journal can persist it;
 - ``complete(total_size)`` uploads the last part and completes the upload: the object
   appears only whole, atomically, and never with fewer bytes than ``total_size``;
-- ``abort()`` gives up and leaves no upload open.
+- ``abort()`` gives up and leaves no upload open; ``detach()`` stops without aborting (the
+  upload stays open for a resume, as after a crash).
 
 Memory is bounded by the part size: one part filling and, with ``overlap`` (the default),
 the previous part still being sent, so the video host and the store are read and written at
