@@ -135,6 +135,24 @@ def command(weed: str, folder: Path, ports: list[int]) -> list[str]:
     ]
 
 
+_SHARED = pytest.StashKey[Seaweed]()
+
+
+def shared(request: pytest.FixtureRequest) -> Seaweed:
+    """One SeaweedFS for the whole test session, whichever test module asks first; stopped
+    when the session ends. (Its start takes about ten seconds: one is plenty.)"""
+    config = request.config
+    server = config.stash.get(_SHARED, None)
+    if server is None:
+        stack = contextlib.ExitStack()
+        folder = Path(tempfile.mkdtemp(prefix="seaweed-"))
+        stack.callback(shutil.rmtree, folder, ignore_errors=True)
+        server = stack.enter_context(running_seaweed(folder))
+        config.stash[_SHARED] = server
+        config.add_cleanup(stack.close)
+    return server
+
+
 @contextlib.contextmanager
 def running_seaweed(folder: Path) -> Iterator[Seaweed]:
     """SeaweedFS serving S3 from ``folder``, with ``BUCKET`` and ``OTHER_BUCKET`` made;

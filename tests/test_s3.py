@@ -60,9 +60,8 @@ PART = MIN_PART_SIZE  # the smallest legal part keeps the tests' uploads small
 
 
 @pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    with _seaweed.running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
-        yield server
+def seaweed(request: pytest.FixtureRequest) -> Seaweed:
+    return _seaweed.shared(request)
 
 
 def settings_for(server: Seaweed, **options: Any) -> S3Settings:

@@ -20,22 +20,34 @@ Signed URLs carry a credential in their query string, so messages and logs only 
 
 The modules, in the order the data goes through them:
 
-- ``_transfer``: ``download_video``, the tries, URL refreshes and the host's idle deadline;
+- ``_transfer``: ``download_video``: the lock, reusing a finished file, and the ``.part``
+  file as a sink (``PartFile``);
+- ``_fetch``: one URL into any sink (this file, or an object-store upload): the tries, URL
+  refreshes, the host's idle deadline and decoding;
 - ``_responses``: what an answer means, from its status and headers;
 - ``_writer``: the body into ``.part`` (offset, hash, batches, loop or thread);
 - ``_partfile``: ``.part``, its sidecar and lock, and what disk errors mean.
 """
 
-from ._partfile import disk_message
-from ._transfer import VideoFile, download_video
+from ._fetch import Fetch, HostClock, IdleDeadline, Progress, Sink, Source
+from ._partfile import Validator, disk_message
+from ._transfer import PartFile, VideoFile, download_video
 from ._writer import OS_DISK, Disk, DiskWrites, OSDisk, PartWrite
 
 __all__ = [
     "OS_DISK",
     "Disk",
     "DiskWrites",
+    "Fetch",
+    "HostClock",
+    "IdleDeadline",
     "OSDisk",
+    "PartFile",
     "PartWrite",
+    "Progress",
+    "Sink",
+    "Source",
+    "Validator",
     "VideoFile",
     "disk_message",
     "download_video",

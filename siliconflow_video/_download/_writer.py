@@ -14,7 +14,6 @@ import errno
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -24,6 +23,7 @@ import attrs
 
 from .._config import DownloadPolicy
 from .._logging import logger
+from ._fetch import HostClock
 from ._partfile import Context, new_hasher
 
 if TYPE_CHECKING:
@@ -143,16 +143,6 @@ class DiskWrites:
             took * 1000,
             self.hold,
         )
-
-
-class HostClock(Protocol):
-    """The host's idle deadline, as the writer sees it."""
-
-    def heard(self, *, force: bool = False) -> None:
-        """The host was just heard from."""
-
-    def paused(self) -> AbstractContextManager[None]:
-        """While we wait for our own disk: a slow write is not a silent host."""
 
 
 async def finish_before_cancel(op: Awaitable[_T]) -> _T:

@@ -8,7 +8,8 @@
   part (number, ETag, size) is reported to ``on_part`` so a journal can persist it;
 - ``complete(total_size)`` uploads the last part and completes the upload: the object
   appears only whole, atomically, and never with fewer bytes than ``total_size``;
-- ``abort()`` gives up and leaves no upload open.
+- ``abort()`` gives up and leaves no upload open; ``detach()`` stops without aborting (the
+  upload stays open for a resume, as after a crash).
 
 Memory is bounded by the part size: one part filling and, with ``overlap`` (the default),
 the previous part still being sent, so the video host and the store are read and written at
@@ -44,7 +45,14 @@ if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
-__all__ = ["MultipartUpload", "PartCallback", "S3Store", "StoredObject", "UploadedPart"]
+__all__ = [
+    "MultipartUpload",
+    "ObjectInfo",
+    "PartCallback",
+    "S3Store",
+    "StoredObject",
+    "UploadedPart",
+]
 
 #: S3 lists at most 1000 parts (and uploads) per page.
 _PAGE = 1000
@@ -71,6 +79,16 @@ class StoredObject:
     @property
     def url(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
+
+
+@attrs.frozen
+class ObjectInfo:
+    """What ``head_object`` says of an object: its size, ETag and user metadata (keys in
+    lower case, without ``x-amz-meta-``)."""
+
+    size: int
+    etag: str | None
+    metadata: Mapping[str, str]
 
 
 #: Called after each part is uploaded, in part order; may be a coroutine function.
@@ -184,8 +202,8 @@ class S3Store:
         """The object key for a video file name: PREFIX/ + name."""
         return self.target.key_for(name)
 
-    async def object_size(self, key: str) -> int | None:
-        """The size of the object at ``key``, or None when there is none."""
+    async def head(self, key: str) -> ObjectInfo | None:
+        """What is at ``key`` (size, ETag, user metadata), or None when nothing is."""
         from botocore.exceptions import ClientError
 
         with self.errors(key):
@@ -195,7 +213,16 @@ class S3Store:
                 if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                     return None
                 raise
-        return head["ContentLength"]
+        return ObjectInfo(
+            size=head["ContentLength"],
+            etag=head.get("ETag"),
+            metadata=dict(head.get("Metadata") or {}),
+        )
+
+    async def object_size(self, key: str) -> int | None:
+        """The size of the object at ``key``, or None when there is none."""
+        info = await self.head(key)
+        return None if info is None else info.size
 
     async def exists(self, key: str, size: int | None = None) -> bool:
         """Whether a whole object of ``size`` bytes (any size when None) is at ``key``,
@@ -419,6 +446,22 @@ class MultipartUpload:
                     Bucket=self._store.bucket, Key=self.key, UploadId=self._upload_id
                 )
         self._state = "aborted"
+
+    async def detach(self) -> None:
+        """Stop without aborting: cancel the part in flight (if any) and leave the upload
+        open, as a crash would, for a resume from ``upload_id``. Afterwards this object
+        only accepts ``abort()``."""
+        if self._state in ("done", "aborted"):
+            return
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+            await asyncio.wait([pending])
+            if not pending.cancelled():
+                pending.exception()  # seen: a later resume asks the store what it holds
+        self._buffer = None
+        self._filled = 0
+        self._state = "broken"
 
     async def restart(self) -> int:
         """Abort and begin a new upload from byte 0: for a video host that answered a

@@ -1,0 +1,354 @@
+"""One video URL → one S3 object: ``download_video``'s counterpart for ``s3://`` destinations.
+
+The bytes go from the video host straight into a :class:`MultipartUpload`, never through a
+local file; memory holds at most two parts (one filling, one being sent). The tries, URL
+refreshes, idle deadline, ``Retry-After`` and what each answer means are ``_download._fetch``'s,
+the very loop that fills ``.part`` files: here is only the sink it fills (:class:`ObjectSink`).
+
+What happens to the multipart upload:
+
+- It is created once the host's first answer is in (so its part size can fit the announced
+  length), and reported to ``on_state`` with the answer's validator before the first body
+  byte; ``on_state`` is called again after each part. A journal that persists these can
+  resume after a crash: ``resume=`` the last :class:`UploadState`, and ``list_parts`` gives the
+  next part boundary, fetched with ``Range`` and ``If-Range`` (the answer's validator is also
+  compared here: some hosts ignore ``If-Range``).
+- A host that answers a ``Range`` request with the whole body (200) gets a new upload from
+  byte 0 (``restart``): bytes of two responses are never spliced.
+- The object becomes visible only whole (``complete_multipart_upload``), carrying the request
+  id and index in its metadata: a rerun finds it and uploads nothing (``reused``).
+- A transfer that gives up (tries used up, a refusal, an expired URL with no fresh one, a
+  store error retrying cannot fix) aborts its upload. A cancellation (and a crash) leaves it
+  open for a resume; so does a store outage (a retryable :class:`StorageError`) when
+  ``on_state`` was given, since then someone knows the upload's id.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+
+import aiohttp
+import attrs
+
+from .._config import DownloadPolicy
+from .._download import Fetch, Progress, Validator
+from .._exceptions import DownloadError, ForeignFileError, StorageError
+from .._logging import logger, redact_url, scrub_urls
+from ._s3 import MultipartUpload, S3Store, UploadedPart
+from ._settings import part_size_for
+
+__all__ = ["ObjectSink", "StateCallback", "StoredVideo", "UploadState", "upload_video"]
+
+#: User metadata that says whose video an object is (``x-amz-meta-...``).
+REQUEST_ID_KEY = "siliconflow-request-id"
+INDEX_KEY = "siliconflow-index"
+
+
+@attrs.frozen
+class UploadState:
+    """What a journal keeps to resume one video's upload after a crash.
+
+    ``upload_id`` and ``part_size`` name the multipart upload; ``etag``, ``last_modified``
+    and ``total`` are the validator of the video host's answer its parts came from (sent as
+    ``If-Range`` and compared with the resumed answer). ``parts`` are those the store has
+    confirmed, in order: informative, since a resume asks the store itself (``list_parts``).
+    """
+
+    upload_id: str
+    part_size: int
+    etag: str | None = None
+    last_modified: str | None = None
+    total: int | None = None
+    parts: tuple[UploadedPart, ...] = ()
+
+    @property
+    def validator(self) -> Validator:
+        return Validator(self.etag, self.last_modified, self.total)
+
+
+#: ``on_state(state)``, whenever the upload's state changes; may be a coroutine function.
+StateCallback = Callable[[UploadState], Awaitable[None] | None]
+
+
+@attrs.frozen
+class StoredVideo:
+    """A complete video in the bucket, as ``VideoFile`` is one on disk.
+
+    ``reused`` is True when the object was already there, whole, and nothing was sent.
+    """
+
+    bucket: str
+    key: str
+    size: int
+    etag: str | None
+    reused: bool
+    index: int
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+@attrs.define
+class ObjectSource:
+    """Which video goes to which object: what every message needs."""
+
+    url: str
+    bucket: str
+    key: str
+    request_id: str
+    index: int
+
+    @property
+    def where(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    def error(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        cls: type[DownloadError] = DownloadError,
+    ) -> DownloadError:
+        return cls(
+            scrub_urls(message),
+            request_id=self.request_id,
+            url=redact_url(self.url),
+            path=self.where,
+            status_code=status_code,
+        )
+
+
+async def upload_video(
+    session: aiohttp.ClientSession,
+    url: str,
+    store: S3Store,
+    key: str,
+    *,
+    refresh_url: Callable[[], Awaitable[str | None]],
+    policy: DownloadPolicy,
+    request_id: str,
+    index: int,
+    on_progress: Progress | None = None,
+    resume: UploadState | None = None,
+    on_state: StateCallback | None = None,
+) -> StoredVideo:
+    """Stream the video at ``url`` into the object ``key`` of ``store`` (an open
+    :class:`S3Store`) and return it with its size.
+
+    ``session``, ``refresh_url``, ``policy``, ``request_id``, ``index`` and ``on_progress``
+    are as for ``download_video`` (``policy.sha256`` does not apply: nothing is hashed).
+    ``resume`` is the last state ``on_state`` was given by an earlier call that did not
+    finish; ``on_state`` is called with the upload's id, part size and source validator as
+    soon as they are known, and after each part.
+
+    Raises ``DownloadError`` (the video host's side: refusals, tries used up),
+    ``VideoURLExpiredError``, ``ForeignFileError`` (an object this library did not upload
+    as this video is at ``key``: it is left as it is) or :class:`StorageError`.
+    """
+    source = ObjectSource(url, store.bucket, key, request_id, index)
+    try:
+        found = await _reuse(store, source)
+        if found is not None:
+            if on_progress is not None:
+                on_progress(found.size, found.size)
+            return found
+        fetch = Fetch(session, source, refresh_url, policy, on_progress)
+        sink = ObjectSink(store, source, fetch, resume=resume, on_state=on_state)
+        return await fetch.run(sink)
+    except StorageError as exc:
+        if exc.request_id is None:
+            exc.request_id = request_id
+        raise
+
+
+async def _reuse(store: S3Store, source: ObjectSource) -> StoredVideo | None:
+    """The object at the key when it is this video, complete (multipart objects only
+    appear whole); None when there is none. Anything else there is an error."""
+    info = await store.head(source.key)
+    if info is None:
+        return None
+    meta = info.metadata
+    if meta.get(REQUEST_ID_KEY) == source.request_id and meta.get(INDEX_KEY) == str(source.index):
+        return StoredVideo(source.bucket, source.key, info.size, info.etag, True, source.index)
+    raise source.error(
+        f"{source.where} already exists and was not uploaded by siliconflow-video as "
+        f"video {source.index} of this job; it is left as it is. Move it away (or choose "
+        "another prefix or naming) to upload the video",
+        cls=ForeignFileError,
+    )
+
+
+class ObjectSink:
+    """A multipart upload as the sink ``Fetch`` fills: ``done`` is the bytes the upload
+    has accepted (sent, in flight and buffered), so a retry in this process resumes at the
+    exact byte; after a crash the store's parts say where (a part boundary)."""
+
+    def __init__(
+        self,
+        store: S3Store,
+        source: ObjectSource,
+        fetch: Fetch,
+        *,
+        resume: UploadState | None,
+        on_state: StateCallback | None,
+    ) -> None:
+        self.store = store
+        self.source = source
+        self.clock = fetch.clock
+        self.report = fetch.report
+        self.resume_from = resume
+        self.on_state = on_state
+        self.upload: MultipartUpload | None = None
+        self._validator: Validator | None = None
+
+    @property
+    def done(self) -> int:
+        return 0 if self.upload is None else self.upload.offset
+
+    @property
+    def validator(self) -> Validator | None:
+        return self._validator
+
+    async def resume(self) -> None:
+        """Take over the recorded upload: the offset of its first missing part."""
+        state = self.resume_from
+        if state is None:
+            return
+        upload = self._new(state.part_size, upload_id=state.upload_id)
+        offset = await upload.start()
+        self.upload = upload
+        known = state.total
+        if upload.upload_id == state.upload_id and offset:
+            if known is not None and offset > known:
+                logger.debug("%s holds more than the video; starting over", self.source.where)
+                await self.start_over()
+                return
+            self._validator = state.validator
+        await self._publish()
+
+    async def remember(self, validator: Validator) -> None:
+        self._validator = validator
+        if self.upload is None:
+            await self._open(validator.total)  # which reports the state
+        else:
+            await self._publish()
+
+    async def copy(self, body: AsyncIterator[bytes]) -> None:
+        if self.upload is None:  # an encoded body: no validator was remembered
+            with self.clock.paused():
+                await self._open(None)
+        upload = self._require()
+        part, clock, report = upload.part_size, self.clock, self.report
+        # A network error from the body leaves the upload open and its buffer whole: the
+        # next try resumes after the last byte accepted.
+        async for chunk in body:
+            clock.heard()
+            if upload.offset % part + len(chunk) >= part:
+                # This chunk fills a part, which is sent (after the one in flight): the
+                # time the store takes is not the host's silence.
+                with clock.paused():
+                    await upload.write(chunk)
+            else:
+                await upload.write(chunk)
+            if report is not None:
+                report(upload.offset)
+
+    async def start_over(self) -> None:
+        """A new upload from byte 0: never splice two responses."""
+        self._validator = None
+        if self.upload is not None and self.upload.offset:
+            with self.clock.paused():
+                await self.upload.restart()
+                await self._publish()
+
+    async def finish(self, total: int | None) -> StoredVideo:
+        upload = await self._open(total)
+        stored = await upload.complete(total)
+        return StoredVideo(
+            stored.bucket, stored.key, stored.size, stored.etag, False, self.source.index
+        )
+
+    async def abandon(self, error: BaseException) -> None:
+        upload = self.upload
+        if upload is None:
+            return
+        if _resumable(error, recorded=self.on_state is not None):
+            await upload.detach()
+            logger.debug(
+                "left the multipart upload %s of %s open for a resume (%s)",
+                upload.upload_id,
+                self.source.where,
+                type(error).__name__,
+            )
+            return
+        try:
+            await upload.abort()
+        except StorageError as exc:
+            # The original error says what went wrong; this one only that cleanup failed.
+            logger.warning(
+                "could not abort the multipart upload %s of %s (%s); it stays open until "
+                "a lifecycle rule or S3Store.open_uploads() removes it",
+                upload.upload_id,
+                self.source.where,
+                exc,
+            )
+
+    def kept(self) -> str:
+        if not self.done:
+            return "no bytes had arrived yet"
+        return (
+            f"the multipart upload of the {self.done} bytes received so far is aborted, "
+            "and a later call starts over"
+        )
+
+    # -- the upload
+
+    def _new(self, part_size: int, *, upload_id: str | None = None) -> MultipartUpload:
+        metadata: Mapping[str, str] = {
+            REQUEST_ID_KEY: self.source.request_id,
+            INDEX_KEY: str(self.source.index),
+        }
+        return self.store.upload(
+            self.source.key,
+            upload_id=upload_id,
+            part_size=part_size,
+            on_part=self._on_part,
+            metadata=metadata,
+        )
+
+    async def _open(self, total: int | None) -> MultipartUpload:
+        """The upload, created now if there is none yet (sized for ``total``)."""
+        if self.upload is None:
+            upload = self._new(part_size_for(total, self.store.settings.part_size))
+            await upload.start()
+            self.upload = upload
+            await self._publish()
+        return self.upload
+
+    def _require(self) -> MultipartUpload:
+        assert self.upload is not None, "_open() creates the upload"
+        return self.upload
+
+    async def _on_part(self, part: UploadedPart) -> None:
+        await self._publish()
+
+    async def _publish(self) -> None:
+        upload = self.upload
+        if self.on_state is None or upload is None or upload.upload_id is None:
+            return
+        v = self._validator or Validator(None, None, None)
+        state = UploadState(
+            upload.upload_id, upload.part_size, v.etag, v.last_modified, v.total, upload.parts
+        )
+        result = self.on_state(state)
+        if inspect.isawaitable(result):
+            await result
+
+
+def _resumable(error: BaseException, *, recorded: bool) -> bool:
+    """Whether an upload ended by ``error`` is left open for a resume."""
+    if not isinstance(error, Exception):
+        return True  # a cancellation, KeyboardInterrupt: as a crash would
+    return recorded and isinstance(error, StorageError) and error.retryable
