@@ -4,7 +4,7 @@
 
     python -m benchmarks                    # the full suite (about 5.5 minutes on 2 cores)
     python -m benchmarks --quick            # a smoke run with small sizes (under a minute)
-    python -m benchmarks --only polling     # one benchmark: download, polling or ratelimit
+    python -m benchmarks --only polling     # one benchmark: download, polling, ratelimit, journal
     python -m benchmarks --loop uvloop      # run the measured Python clients on uvloop
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 from ._measure import Row, libraries, log_to_stderr, machine, table
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("download", "polling", "ratelimit")
+BENCHMARKS = ("download", "polling", "ratelimit", "journal")
 
 Runner = Callable[..., tuple[list[Row], dict[str, Any]]]
 
@@ -39,6 +39,10 @@ def _runner(name: str) -> Runner:
         from . import _polling
 
         return _polling.run
+    if name == "journal":
+        from . import _journal
+
+        return _journal.run
     from . import _ratelimit
 
     return _ratelimit.run
