@@ -5,7 +5,7 @@
     python -m benchmarks                    # the full suite (about 5.5 minutes on 2 cores)
     python -m benchmarks --quick            # a smoke run with small sizes (under a minute)
     python -m benchmarks --only polling     # one benchmark: download, polling, ratelimit,
-                                            # workload (SiliconFlow-like) or simulate
+                                            # workload (SiliconFlow-like), simulate or journal
     python -m benchmarks --loop uvloop      # run the measured Python clients on uvloop
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 from ._measure import Row, libraries, log_to_stderr, machine, table
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("download", "polling", "ratelimit", "workload", "simulate")
+BENCHMARKS = ("download", "polling", "ratelimit", "workload", "simulate", "journal")
 
 Runner = Callable[..., tuple[list[Row], dict[str, Any]]]
 
@@ -48,6 +48,10 @@ def _runner(name: str) -> Runner:
         from . import _simulate
 
         return _simulate.run
+    if name == "journal":
+        from . import _journal
+
+        return _journal.run
     from . import _ratelimit
 
     return _ratelimit.run

@@ -1,8 +1,14 @@
-"""``wait_and_download``: every video of every job on disk, as one pipeline.
+"""``download_as_completed`` and ``wait_and_download``: every video of every job on disk,
+as one pipeline.
 
 Jobs are polled together by the client's scheduler; the moment one succeeds its videos start
 downloading (at most ``max_concurrent_downloads`` at once) while the others are still being
 polled. Each id ends in its own ``Outcome``; nothing one id does cancels another.
+
+The pipeline runs in a task of its own and hands each outcome, once recorded, to a queue
+that :func:`stream_batch` yields from. So the caller's code between two outcomes never runs
+inside the pipeline's task group (a failure there cannot cancel the caller), and closing
+the stream cancels the pipeline: transfers stop, ``.part`` files stay for the next run.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from ._models import (
 )
 from ._naming import default_name, target_path
 
-__all__ = ["BatchClient", "run_batch"]
+__all__ = ["BatchClient", "run_batch", "stream_batch"]
 
 StatusListener = Callable[[VideoStatus], None]
 
@@ -120,6 +126,8 @@ class _Batch:
         # Keyed case-insensitively: on macOS and Windows "A.mp4" and "a.mp4" are one file.
         self.claimed: dict[str, tuple[str, int]] = {}
         self.outcomes: dict[str, Outcome] = {}
+        # What the stream yields, in the order the ids finished.
+        self.finished: asyncio.Queue[Outcome | None] = asyncio.Queue()
 
     def listener(self, request_id: str) -> Callable[[VideoStatus], None]:
         def on_status(status: VideoStatus) -> None:
@@ -129,7 +137,10 @@ class _Batch:
         return on_status
 
     def finish(self, outcome: Outcome) -> None:
+        if outcome.request_id in self.outcomes:
+            return  # one outcome per id, ever
         self.outcomes[outcome.request_id] = outcome
+        self.finished.put_nowait(outcome)
         self.notify(
             ProgressEvent(
                 outcome.request_id,
@@ -177,7 +188,12 @@ class _Batch:
                     on_progress=on_bytes if self.counting_bytes else None,
                 )
         except Exception as exc:
-            await self.record.video_failed(request_id, index, exc)
+            try:
+                await self.record.video_failed(request_id, index, exc)
+            except SiliconFlowError as journal_error:
+                # The video's own failure is the news (a full disk fails both); unrecorded,
+                # the job stays unfinished in the journal and resume tries it again.
+                logger.warning("the journal did not record the failure: %s", journal_error)
             raise
         await self.record.video_done(request_id, video)
         self.notify(
@@ -257,7 +273,7 @@ class _Batch:
         await self.wait_for([request_id], left, tasks)
 
 
-async def run_batch(
+def stream_batch(
     client: BatchClient,
     request_ids: Iterable[str],
     dest: Path,
@@ -267,15 +283,40 @@ async def run_batch(
     progress: ProgressCallback | None,
     naming: Naming | None,
     record: Recorder,
-) -> list[Outcome]:
-    """One outcome per id, in the order given; ``record`` is told of every step (a
-    journal's, or one that records nothing)."""
+) -> AsyncGenerator[Outcome, None]:
+    """One outcome per distinct id, each the moment its id is finished (and recorded);
+    ``record`` is told of every step (a journal's, or one that records nothing).
+
+    Closing the generator early (``aclose()``, or leaving an ``aclosing`` block) cancels
+    what is still running: partial files are kept, leases released."""
     if isinstance(request_ids, str):
         raise TypeError("request_ids must be a list of ids, not one string")
     if max_concurrent_downloads < 1:
         raise ConfigurationError("max_concurrent_downloads must be >= 1")
+    return _stream(
+        client,
+        list(request_ids),
+        dest,
+        timeout=timeout,
+        max_concurrent_downloads=max_concurrent_downloads,
+        progress=progress,
+        naming=naming,
+        record=record,
+    )
+
+
+async def _stream(
+    client: BatchClient,
+    ids: list[str],
+    dest: Path,
+    *,
+    timeout: float | None,
+    max_concurrent_downloads: int,
+    progress: ProgressCallback | None,
+    naming: Naming | None,
+    record: Recorder,
+) -> AsyncGenerator[Outcome, None]:
     client.check_usable()  # a closed client, or another loop's: a plain error, before any task
-    ids = list(request_ids)
     batch = _Batch(
         client,
         dest,
@@ -284,12 +325,35 @@ async def run_batch(
         naming=naming,
         record=record,
     )
+    unique = list(dict.fromkeys(ids))
     valid: list[str] = []
-    for rid in dict.fromkeys(ids):
+    for rid in unique:
         try:
             valid.append(check_request_id(rid))
         except SiliconFlowError as exc:
             batch.finish(Outcome(rid, None, (), exc))
+    runner = asyncio.create_task(_pipeline(batch, valid, dest, timeout))
+    runner.add_done_callback(lambda _: batch.finished.put_nowait(None))
+    try:
+        while (outcome := await batch.finished.get()) is not None:
+            yield outcome
+        error = None if runner.cancelled() else runner.exception()
+        if error is not None:
+            raise error
+        for rid in unique:
+            if rid not in batch.outcomes:
+                yield _no_result(rid)
+    finally:
+        if not runner.done():
+            runner.cancel()
+            # Not `await runner`: that would turn our own cancellation into the runner's.
+            await asyncio.wait((runner,))
+        if not runner.cancelled():
+            runner.exception()  # retrieved: raised above, or the stream was left early
+
+
+async def _pipeline(batch: _Batch, valid: list[str], dest: Path, timeout: float | None) -> None:
+    record = batch.record
     try:
         await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
     except OSError as exc:
@@ -313,8 +377,43 @@ async def run_batch(
                 tasks.create_task(batch.after_lease(rid, timeout, tasks))
             await batch.wait_for(ready, timeout, tasks)
     finally:
-        await asyncio.shield(record.release())
-    return [batch.outcomes.get(rid) or _no_result(rid) for rid in ids]
+        try:
+            await asyncio.shield(record.release())
+        except SiliconFlowError as exc:
+            # Every outcome is out; a lease left behind expires on its own.
+            logger.warning("the journal did not release this batch's leases: %s", exc)
+
+
+async def run_batch(
+    client: BatchClient,
+    request_ids: Iterable[str],
+    dest: Path,
+    *,
+    timeout: float | None,
+    max_concurrent_downloads: int,
+    progress: ProgressCallback | None,
+    naming: Naming | None,
+    record: Recorder,
+) -> list[Outcome]:
+    """One outcome per id, in the order given: :func:`stream_batch`, collected."""
+    if isinstance(request_ids, str):
+        raise TypeError("request_ids must be a list of ids, not one string")
+    ids = list(request_ids)
+    outcomes: dict[str, Outcome] = {}
+    stream = stream_batch(
+        client,
+        ids,
+        dest,
+        timeout=timeout,
+        max_concurrent_downloads=max_concurrent_downloads,
+        progress=progress,
+        naming=naming,
+        record=record,
+    )
+    async with contextlib.aclosing(stream):
+        async for outcome in stream:
+            outcomes[outcome.request_id] = outcome
+    return [outcomes.get(rid) or _no_result(rid) for rid in ids]
 
 
 def _no_result(request_id: str) -> Outcome:

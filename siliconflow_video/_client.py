@@ -17,7 +17,7 @@ import aiofiles
 import aiohttp
 import attrs
 
-from ._batch import run_batch
+from ._batch import run_batch, stream_batch
 from ._config import (
     DEFAULT_DOWNLOAD,
     DEFAULT_POLL,
@@ -73,7 +73,7 @@ from ._models import (
 from ._pacing import GovernorStats, RateGovernor
 from ._poller import Poller, StatusListener
 
-__all__ = ["AsyncClient"]
+__all__ = ["AsyncClient", "resume_plan"]
 
 ImageInput = str | bytes | os.PathLike[str]
 
@@ -538,23 +538,88 @@ class AsyncClient:
     ) -> list[Outcome]:
         """Wait for every job and download every video into ``dest``; see
         :func:`siliconflow_video.wait_and_download`. ``max_concurrent_downloads`` may
-        lower the client's cap for this call; the client's cap holds across all calls."""
-        _local(dest)
+        lower the client's cap for this call; the client's cap holds across all calls.
+        The outcomes of :meth:`download_as_completed`, in the order given."""
+        if isinstance(request_ids, str):
+            raise TypeError("request_ids must be a list of ids, not one string")
         journal = await self.journal()
         return await run_batch(
             _BatchPort(self),
             request_ids,
             Path(dest),
             timeout=timeout,
-            max_concurrent_downloads=(
-                self.max_concurrent_downloads
-                if max_concurrent_downloads is None
-                else max_concurrent_downloads
-            ),
+            max_concurrent_downloads=self._download_cap(max_concurrent_downloads),
             progress=progress,
             naming=naming,
             record=Recorder() if journal is None else JournalRecord(journal),
         )
+
+    def download_as_completed(
+        self,
+        request_ids: Iterable[str],
+        dest: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        max_concurrent_downloads: int | None = None,
+        progress: ProgressCallback | None = None,
+        naming: Naming | None = None,
+    ) -> AsyncGenerator[Outcome, None]:
+        """Yield each id's :class:`Outcome` the moment it is finished: its videos on disk
+        (and journaled), or its error. The same pipeline as :meth:`wait_and_download` (one
+        status stream for every id, one check that no two videos share a file name), in
+        the order the ids finish rather than the order given; each distinct id once.
+
+        Leaving the loop early stops the rest (transfers cancelled, ``.part`` files kept
+        for the next run) once the iterator is closed; ``async with
+        contextlib.aclosing(client.download_as_completed(ids, dest)) as outcomes:`` makes
+        that immediate.
+        """
+        if isinstance(request_ids, str):
+            raise TypeError("request_ids must be a list of ids, not one string")
+        _local(dest)
+        return self._download_stream(
+            list(request_ids),
+            Path(dest),
+            timeout=timeout,
+            max_concurrent_downloads=self._download_cap(max_concurrent_downloads),
+            progress=progress,
+            naming=naming,
+        )
+
+    def _download_cap(self, max_concurrent_downloads: int | None) -> int:
+        cap = (
+            self.max_concurrent_downloads
+            if max_concurrent_downloads is None
+            else max_concurrent_downloads
+        )
+        if cap < 1:
+            raise ConfigurationError("max_concurrent_downloads must be >= 1")
+        return cap
+
+    async def _download_stream(
+        self,
+        ids: list[str],
+        dest: Path,
+        *,
+        timeout: float | None,
+        max_concurrent_downloads: int,
+        progress: ProgressCallback | None,
+        naming: Naming | None,
+    ) -> AsyncGenerator[Outcome, None]:
+        journal = await self.journal()
+        stream = stream_batch(
+            _BatchPort(self),
+            ids,
+            dest,
+            timeout=timeout,
+            max_concurrent_downloads=max_concurrent_downloads,
+            progress=progress,
+            naming=naming,
+            record=Recorder() if journal is None else JournalRecord(journal),
+        )
+        async with contextlib.aclosing(stream):
+            async for outcome in stream:
+                yield outcome
 
     async def resume(
         self,
@@ -569,13 +634,10 @@ class AsyncClient:
         journal = await self.journal()
         if journal is None:
             raise ConfigurationError("resume needs a journal: AsyncClient(journal=PATH)")
-        order: list[str] = []
-        by_dest: dict[str, list[str]] = {}
-        for job in await journal.jobs():
-            if job.request_id is None or not _resumable(job):
-                continue  # submit_unknown and submitting rows are a person's to settle
-            order.append(job.request_id)
-            by_dest.setdefault(job.dest, []).append(job.request_id)
+        jobs = await journal.jobs()
+        by_dest = resume_plan(jobs)
+        wanted = {rid for ids in by_dest.values() for rid in ids}
+        order = [job.request_id for job in jobs if job.request_id in wanted]
         dests = list(by_dest)
         runs = await asyncio.gather(
             *(
@@ -600,7 +662,7 @@ class AsyncClient:
                 outcomes.update({rid: Outcome(rid, None, (), run) for rid in by_dest[dest]})
             else:
                 outcomes.update({o.request_id: o for o in run})
-        return [outcomes[rid] for rid in order]
+        return [outcomes[rid] for rid in order if rid is not None]
 
 
 class _BatchPort:
@@ -693,6 +755,16 @@ def _local(dest: str | os.PathLike[str]) -> None:
         raise InvalidDestinationError(
             f"{os.fspath(dest)!r}: s3:// destinations are not supported here yet; give a folder"
         )
+
+
+def resume_plan(jobs: Iterable[JobRecord]) -> dict[str, list[str]]:
+    """The requestIds ``resume`` carries on with, by the destination recorded with them."""
+    by_dest: dict[str, list[str]] = {}
+    for job in jobs:
+        if job.request_id is None or not _resumable(job):
+            continue  # submit_unknown and submitting rows are a person's to settle
+        by_dest.setdefault(job.dest, []).append(job.request_id)
+    return by_dest
 
 
 def _resumable(job: JobRecord) -> bool:

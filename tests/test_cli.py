@@ -58,10 +58,12 @@ def cli(
     env: dict[str, str],
     stdin: str | None = None,
     timeout: float = 30,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "siliconflow_video", *args],
         env=env,
+        cwd=cwd,
         input=stdin if stdin is not None else "",
         capture_output=True,
         text=True,

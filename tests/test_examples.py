@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
+import signal
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import httpx
+import pytest
 
-from siliconflow_video.testing import FakeSiliconFlow
+from siliconflow_video.testing import FakeSiliconFlow, SlowBody
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -85,3 +92,97 @@ async def test_quickstart_runs_against_the_fake(fake: FakeSiliconFlow, tmp_path:
     [rid] = fake.jobs
     assert (tmp_path / "videos" / f"{rid}_0.mp4").read_bytes() == fake.video_bytes(rid)
     assert rid in out.decode()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def uvicorn_app(
+    fake: FakeSiliconFlow, folder: Path, port: int
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The example served by a real uvicorn process, its journal in ``folder``."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SILICONFLOW_")},
+        "SILICONFLOW_API_KEY": fake.api_key or "",
+        "SILICONFLOW_BASE_URL": fake.base_url,
+        "VIDEO_DIR": str(folder / "videos"),
+        "VIDEO_JOURNAL": str(folder / "service.journal"),
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(EXAMPLES),
+            "fastapi_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/videos/none", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.communicate()[1].decode()
+                assert time.monotonic() < deadline, "uvicorn did not start"
+                time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+
+
+@pytest.mark.slow
+def test_fastapi_example_resumes_every_accepted_id_after_kill_9(tmp_path: Path) -> None:
+    """A real uvicorn process accepts ids, is killed with SIGKILL mid-work, starts again,
+    and every accepted video ends up on disk, whole, without the ids being sent again."""
+    fake = FakeSiliconFlow(api_key="sk-uvicorn-test-0123456789", seed=5)
+    with fake.run_in_thread():
+        waiting = fake.add_job(queue_seconds=1.5, videos=[20_000])
+        slow = fake.add_job(videos=[400_000])
+        fake.add_fault("video", SlowBody(100_000), request_id=slow)
+        done = fake.add_job(videos=[5_000])
+        ids = [waiting, slow, done]
+        port = free_port()
+        videos = tmp_path / "videos"
+        with uvicorn_app(fake, tmp_path, port) as proc:
+            for rid in ids:
+                answer = httpx.post(f"http://127.0.0.1:{port}/videos/{rid}", timeout=10)
+                assert answer.status_code == 202, answer.text
+            part = videos / f"{slow}_0.mp4.part"
+            deadline = time.monotonic() + 30
+            while not (part.exists() and part.stat().st_size > 0):
+                assert time.monotonic() < deadline, "the slow download never started"
+                time.sleep(0.02)
+            os.kill(proc.pid, signal.SIGKILL)
+            assert proc.wait(timeout=10) == -signal.SIGKILL
+        assert not (videos / f"{slow}_0.mp4").exists()
+        with uvicorn_app(fake, tmp_path, free_port()) as proc:
+            deadline = time.monotonic() + 60
+            while not all((videos / f"{rid}_0.mp4").exists() for rid in ids):
+                assert proc.poll() is None, "uvicorn died"
+                assert time.monotonic() < deadline, "the accepted ids were not resumed"
+                time.sleep(0.05)
+        for rid in ids:
+            assert (videos / f"{rid}_0.mp4").read_bytes() == fake.video_bytes(rid)
+        # The one whole before the kill was not fetched again; the slow one resumed.
+        assert len(fake.requests_for("video", done)) == 1
+        assert fake.requests_for("video", slow)[-1].headers["Range"].startswith("bytes=")

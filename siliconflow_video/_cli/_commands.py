@@ -31,7 +31,7 @@ from typing import Any, TextIO
 
 import attrs
 
-from .._client import AsyncClient
+from .._client import AsyncClient, resume_plan
 from .._config import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -47,14 +47,18 @@ from .._exceptions import (
     BadRequestError,
     ConfigurationError,
     DownloadError,
+    JournalError,
+    JournalReadOnlyError,
     NotFoundError,
     PaymentRequiredError,
     PermissionDeniedError,
     SiliconFlowError,
+    SubmitUnknownError,
     UnsafeFileNameError,
 )
+from .._journal import JobRecord, JobState, Journal, open_journal, read_jobs
 from .._logging import RedactingFilter
-from .._models import Naming, Outcome
+from .._models import Naming, check_request_id
 from .._naming import default_name
 from ._explain import (
     EXIT_FAILED,
@@ -68,9 +72,10 @@ from ._explain import (
     exit_code,
     explain,
 )
-from ._parser import collect_ids, name_from_template, parse
+from ._parser import DEFAULT_JOURNAL, collect_ids, journal_path, name_from_template, parse
 from ._progress import Display, DisplayHandler, LiveDisplay, PlainDisplay
 from ._rows import Row, human_size, printable, write_text
+from ._submits import SubmitLine, read_submit_file
 
 __all__ = ["INTERRUPTED", "Cli", "check_destination", "run"]
 
@@ -95,6 +100,18 @@ _GLOBAL_ERRORS = (
 
 
 # --- running a command -----------------------------------------------------------------
+
+
+class _Client(AsyncClient):
+    """The CLI's client: a journal that cannot take its last notes at close (a full disk)
+    is a warning, since every row is printed by then; the next run finds the journal as
+    it was at its last commit, and nothing in it is lost."""
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        except JournalError as exc:
+            log.warning("warning: %s", exc)
 
 
 class Cli:
@@ -215,7 +232,7 @@ class Cli:
                 f"set the {API_KEY_ENV} environment variable (or pass --api-key)",
             )
         options.setdefault("download", CLI_DOWNLOAD)
-        client = AsyncClient(api_key=key, base_url=self.args.base_url, **options)
+        client = _Client(api_key=key, base_url=self.args.base_url, **options)
         self.base_url = client.base_url
         return client
 
@@ -270,21 +287,29 @@ class Cli:
             changes["read_timeout"] = args.read_timeout
         return attrs.evolve(CLI_DOWNLOAD, **changes)
 
+    def downloading_client(self, journal: Path | None) -> AsyncClient:
+        """A client with the download options of ``download`` and ``resume``."""
+        args = self.args
+        options: dict[str, Any] = {}
+        if args.retries is not None:
+            options["retry"] = attrs.evolve(DEFAULT_RETRY, max_attempts=args.retries + 1)
+        return self.client(
+            max_concurrent_requests=args.max_requests,
+            max_concurrent_downloads=args.concurrency,
+            download=self.download_policy(),
+            journal=journal,
+            **options,
+        )
+
     async def download(self) -> int:
         args = self.args
         ids = self.ids
         dest = Path(args.output)
-        options: dict[str, Any] = {}
-        if args.retries is not None:
-            options["retry"] = attrs.evolve(DEFAULT_RETRY, max_attempts=args.retries + 1)
+        journal = journal_path(args)
         try:
-            async with self.client(
-                max_concurrent_requests=args.max_requests,
-                max_concurrent_downloads=args.concurrency,
-                download=self.download_policy(),
-                **options,
-            ) as client:
+            async with self.downloading_client(journal) as client:
                 await check_destination(dest, "-o")
+                await writable_journal(client)  # a bad one ends the command before any wait
                 await self.preflight(client, ids)
                 self.display.track(ids, downloading=True)
                 await self.fetch_all(client, ids, dest, args.timeout)
@@ -299,36 +324,138 @@ class Cli:
     ) -> None:
         """Wait for the ids and download each as soon as its job succeeds; each row is
         printed the moment its id is finished."""
+        outcomes = client.download_as_completed(
+            ids, dest, timeout=timeout, progress=self.display.event, naming=self.naming()
+        )
         try:
-            async with asyncio.TaskGroup() as tasks:
-                completions = client.as_completed(
-                    ids, timeout=timeout, on_status=self.display.listener
-                )
-                async with contextlib.aclosing(completions):
-                    async for result in completions:
-                        if result.error is None and result.status is not None:
-                            tasks.create_task(self.fetch_one(client, result.request_id, dest))
-                        else:
-                            self.display.finished(result.request_id, result.error)
-                            outcome = Outcome(result.request_id, result.status, (), result.error)
-                            self.emit(Row.from_outcome(outcome))
+            async with contextlib.aclosing(outcomes):
+                async for outcome in outcomes:
+                    # The files say which were reused: the live board shows it.
+                    self.display.finished(outcome.request_id, outcome.error, outcome.files)
+                    self.emit(Row.from_outcome(outcome))
         except BaseExceptionGroup as group:
             raise _first_leaf(group) from None
         missing = SiliconFlowError("no result came back for this id")
         for rid in ids:
             self.emit(Row(rid, error=missing))
 
-    async def fetch_one(self, client: AsyncClient, request_id: str, dest: Path) -> None:
-        # One batch per id, so that its Outcome (with each file's sha256 and reuse) is
-        # printed the moment it is done; the client's download cap holds across them.
-        try:
-            [outcome] = await client.wait_and_download(
-                [request_id], dest, progress=self.display.event, naming=self.naming()
+    # -- the journal's commands
+
+    def journal_or_usage(self, command: str) -> Path:
+        path = journal_path(self.args)
+        if path is None:
+            raise UsageError(
+                f"{command} needs a journal",
+                f"pass --journal FILE, or -o DIR for the {DEFAULT_JOURNAL} of a download into DIR",
             )
-        except SiliconFlowError as exc:
-            outcome = Outcome(request_id, None, (), exc)
-        self.display.finished(request_id, outcome.error, outcome.files)
-        self.emit(Row.from_outcome(outcome))
+        return path
+
+    async def enqueue(self) -> int:
+        args = self.args
+        dest = Path(args.output)
+        path = self.journal_or_usage("enqueue")
+        ids = []
+        for rid in self.ids:
+            try:
+                ids.append(check_request_id(rid))
+            except SiliconFlowError as exc:
+                raise UsageError(f"{exc}; nothing was recorded", "check the ids") from None
+        await check_destination(dest, "-o")
+        async with open_journal(path) as journal:
+            refuse_read_only(journal)
+            records = await journal.accept(ids, dest=dest)
+        for record in records:
+            if args.json:
+                self.out(
+                    json.dumps(
+                        {
+                            "request_id": record.request_id,
+                            "state": record.state.value,
+                            "dest": record.dest,
+                        }
+                    )
+                )
+            else:
+                self.out(f"{printable(record.request_id or record.job_key)}  {record.state}")
+        how = f"-o {args.output}" if args.journal is None else f"--journal {args.journal}"
+        log.info(
+            "recorded %d ids in %s; get their videos with: siliconflow-video resume %s",
+            len(records),
+            path,
+            how,
+        )
+        return EXIT_OK
+
+    async def resume(self) -> int:
+        args = self.args
+        path = self.journal_or_usage("resume")
+        if not path.exists():
+            raise UsageError(f"there is no journal at {str(path)!r}", "check --journal or -o")
+        unknown: list[JobRecord] = []
+        try:
+            async with self.downloading_client(path) as client:
+                journal = await writable_journal(client)
+                assert journal is not None
+                jobs = await journal.jobs()
+                unknown = [j for j in jobs if j.state is JobState.SUBMIT_UNKNOWN]
+                plan = resume_plan(jobs)
+                self.ids = [rid for ids in plan.values() for rid in ids]
+                if self.ids:
+                    await self.preflight(client, self.ids)
+                    self.display.track(self.ids, downloading=True)
+                    async with asyncio.TaskGroup() as tasks:
+                        for dest, ids in plan.items():
+                            tasks.create_task(self.fetch_all(client, ids, Path(dest), args.timeout))
+        except BaseExceptionGroup as group:
+            return self.resume_failed(_first_leaf(group))
+        except (*_GLOBAL_ERRORS, DownloadError) as exc:
+            return self.resume_failed(exc)
+        if not self.ids:
+            log.info("nothing to resume in %s", path)
+        code = self.report()
+        if unknown:
+            self.unknown_submits(unknown)
+            code = max(code, EXIT_FAILED) if code != EXIT_USAGE else code
+        if self.ids:
+            self.summary()
+        return code
+
+    def resume_failed(self, exc: BaseException) -> int:
+        if isinstance(exc, (*_GLOBAL_ERRORS, DownloadError)):
+            return self.failed_everywhere(self.ids, exc)
+        raise exc
+
+    def unknown_submits(self, jobs: Sequence[JobRecord]) -> None:
+        """One line for the submits whose answer was lost: a person settles them."""
+        keys = ", ".join(j.submit_key or j.job_key for j in jobs[:3])
+        more = f" and {len(jobs) - 3} more" if len(jobs) > 3 else ""
+        self.err(
+            f"error: {len(jobs)} submits may have reached SiliconFlow without their answer "
+            f"being recorded (submit_unknown: {keys}{more}); they are never sent again, as "
+            "that could charge twice — find their requestIds in the SiliconFlow console "
+            "('siliconflow-video jobs' lists them)"
+        )
+
+    async def jobs(self) -> int:
+        args = self.args
+        path = self.journal_or_usage("jobs")
+        records = await asyncio.to_thread(read_jobs, path, unfinished=args.unfinished)
+        for record in records:
+            data = record.as_dict()
+            if args.json:
+                self.out(json.dumps(data))
+                continue
+            error = data["error"]
+            cells = [
+                printable(record.request_id or f"({record.job_key})"),
+                record.state.value,
+                printable(record.dest),
+                " ".join(printable(p) for p in data["paths"]) or "-",
+            ]
+            if error is not None:
+                cells.append(f"{error['type']}: {printable(error['message'])}")
+            self.out("  ".join(cells))
+        return EXIT_OK
 
     async def status(self) -> int:
         args = self.args
@@ -371,12 +498,21 @@ class Cli:
 
     async def submit(self) -> int:
         args = self.args
+        if args.from_file is not None:
+            return await self.submit_file()
+        if not args.model or not args.prompt:
+            missing = " and ".join(
+                o for o, v in (("--model", args.model), ("--prompt", args.prompt)) if not v
+            )
+            raise UsageError(f"submit needs {missing}", "or --from-file FILE (see --help)")
         dest = Path(args.download) if args.download else None
+        journal = journal_path(args)
         try:
-            async with self.client() as client:
+            async with self.client(journal=journal) as client:
                 if dest is not None:
                     # Before paying for a video, make sure it can be saved.
                     await check_destination(dest, "--download")
+                await writable_journal(client)  # and that the journal can record it
                 try:
                     rid = await client.submit(
                         model=args.model,
@@ -385,6 +521,7 @@ class Cli:
                         negative_prompt=args.negative_prompt,
                         image=args.image,
                         seed=args.seed,
+                        dest=(dest or Path.cwd()) if journal is not None else None,
                     )
                 except BadRequestError as exc:
                     if "image_size" in exc.api_message or "image size" in exc.api_message:
@@ -418,6 +555,55 @@ class Cli:
             self.display.close()
             self.error(exc)
             return exit_code([exc])
+
+    async def submit_file(self) -> int:
+        """``submit --from-file``: each line's intent journaled before its POST, a few
+        POSTs at a time, no line submitted twice across runs; then, with --download, every
+        line's videos."""
+        args = self.args
+        for option in ("model", "prompt", "negative_prompt", "image", "seed"):
+            if getattr(args, option) is not None:
+                flag = "--" + option.replace("_", "-")
+                raise UsageError(
+                    f"{flag} cannot be combined with --from-file",
+                    "put the field in each line of the file instead",
+                )
+        lines = await asyncio.to_thread(read_submit_file, args.from_file)
+        journal_file = journal_path(args)
+        if journal_file is None:
+            raise UsageError(
+                "submit --from-file needs a journal, so that a rerun never pays for a line twice",
+                f"pass --journal FILE (or --download DIR: it keeps DIR/{DEFAULT_JOURNAL})",
+            )
+        dest = Path(args.download) if args.download else Path.cwd()
+        results: list[tuple[SubmitLine, str | None, BaseException | None]] = []
+        try:
+            async with self.client(journal=journal_file) as client:
+                if args.download:
+                    await check_destination(dest, "--download")
+                journal = await writable_journal(client)
+                assert journal is not None
+                known = {j.submit_key: j for j in await journal.jobs() if j.submit_key}
+                submits = _Submits(self, client, known, dest)
+                async with asyncio.TaskGroup() as tasks:
+                    for line in lines:
+                        tasks.create_task(submits.one(line))
+                results = submits.results
+                if submits.stopped is not None:
+                    raise submits.stopped
+                rids = list(dict.fromkeys(rid for _, rid, _ in results if rid is not None))
+                errors = [err for _, _, err in results if err is not None]
+                if args.download and rids:
+                    self.ids = rids
+                    self.display.track(rids, downloading=True)
+                    await self.fetch_all(client, rids, dest, args.timeout)
+                    code = self.report()
+                    self.summary()
+                    return max(code, exit_code(errors))
+        except BaseExceptionGroup as group:
+            raise _first_leaf(group) from None
+        self.display.close()
+        return exit_code(errors)
 
     async def demo(self) -> int:
         from ._demo import demo_report, run_demo
@@ -504,6 +690,114 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The first exception in a (nested) group: a task group's one failure, unwrapped."""
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+#: POSTs of submit --from-file in flight at once: well under any account's limit, and the
+#: client's retries honour a 429's Retry-After.
+SUBMIT_CONCURRENCY = 4
+
+
+class _Submits:
+    """The lines of one ``submit --from-file`` run, each submitted at most once."""
+
+    def __init__(
+        self, cli: Cli, client: AsyncClient, known: dict[str, JobRecord], dest: Path
+    ) -> None:
+        self.cli = cli
+        self.client = client
+        self.known = known
+        self.dest = dest
+        self.slots = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+        self.results: list[tuple[SubmitLine, str | None, BaseException | None]] = []
+        #: An error no line can escape (a rejected key, no balance): no new POST after it.
+        self.stopped: SiliconFlowError | None = None
+
+    def report(
+        self,
+        line: SubmitLine,
+        result: str,
+        request_id: str | None,
+        error: BaseException | None = None,
+    ) -> None:
+        self.results.append((line, request_id, error))
+        cli = self.cli
+        if cli.args.json:
+            data: dict[str, Any] = {
+                "line": line.number,
+                "submit_key": line.key,
+                "request_id": request_id,
+                "result": result,
+            }
+            if error is not None:
+                data["error"] = {"type": type(error).__name__, "message": cli.explain(error)[0]}
+            cli.out(json.dumps(data))
+        else:
+            text = f"line {line.number}  {request_id or '-'}  {result}"
+            if error is not None:
+                text += f": {cli.explain(error)[0]}"
+            cli.out(text)
+
+    async def state_of(self, key: str) -> str:
+        journal = await self.client.journal()
+        assert journal is not None
+        for job in await journal.jobs():
+            if job.submit_key == key:
+                return job.state.value
+        return "failed"
+
+    async def one(self, line: SubmitLine) -> None:
+        job = self.known.get(line.key)
+        if job is not None and job.request_id is not None:
+            self.report(line, "already_submitted", job.request_id)
+            return
+        if job is not None and job.state in (JobState.SUBMIT_UNKNOWN, JobState.SUBMITTING):
+            self.report(line, job.state.value, None, _unknown(job))
+            return
+        async with self.slots:
+            if self.stopped is not None:
+                return
+            try:
+                rid = await self.client.submit(**line.fields, dest=self.dest, submit_key=line.key)
+            except SubmitUnknownError as exc:
+                self.report(line, "submit_unknown", None, exc)
+                return
+            except _GLOBAL_ERRORS as exc:
+                # Every other line would meet it too: no new POST. This line may have
+                # reached SiliconFlow (a dropped connection): say what the journal says.
+                self.stopped = self.stopped or exc
+                state = await self.state_of(line.key)
+                self.report(line, state, None, exc)
+                return
+            except SiliconFlowError as exc:
+                self.report(line, "failed", None, exc)
+                return
+        self.report(line, "submitted", rid)
+
+
+def _unknown(job: JobRecord) -> SubmitUnknownError:
+    return SubmitUnknownError(
+        f"a submit with this key is journaled as {job.state.value} and may already have "
+        "reached SiliconFlow; it is not sent again (that could charge twice)",
+        job_key=job.job_key,
+    )
+
+
+async def writable_journal(client: AsyncClient) -> Journal | None:
+    """The client's journal, opened; refused at once when it cannot be written (rather
+    than at its first change, after a status call)."""
+    journal = await client.journal()
+    if journal is not None:
+        refuse_read_only(journal)
+    return journal
+
+
+def refuse_read_only(journal: Journal) -> None:
+    if journal.read_only:
+        path = str(getattr(journal, "path", "the journal"))
+        raise JournalReadOnlyError(
+            f"journal {path!r} cannot be written (the file or its folder is read-only)",
+            path=path,
+        )
 
 
 # --- the destination -------------------------------------------------------------------
@@ -593,7 +887,7 @@ def run(argv: list[str] | None) -> int:
     cli = Cli(args, display, redactor.redact, api_key, sys.stdout)
     display.explain = cli.explain  # rows say why an id failed, with the real base URL
     with _logging_to(display, redactor, verbose=args.verbose, quiet=args.quiet):
-        if args.command in ("download", "status", "wait"):
+        if args.command in ("download", "enqueue", "status", "wait"):
             # Before the event loop: a Ctrl-C while reading stdin must stop the read.
             try:
                 cli.ids = collect_ids(args)

@@ -23,6 +23,15 @@ from .._exceptions import (
     ConfigurationError,
     DownloadError,
     JobFailedError,
+    JournalBusyError,
+    JournalCorruptError,
+    JournalError,
+    JournalForeignError,
+    JournalPathError,
+    JournalReadOnlyError,
+    JournalUnavailableError,
+    JournalVersionError,
+    LeaseHeldError,
     MalformedResponseError,
     NotFoundError,
     PaymentRequiredError,
@@ -30,6 +39,7 @@ from .._exceptions import (
     RateLimitError,
     ServerError,
     SiliconFlowError,
+    SubmitUnknownError,
     UnsafeFileNameError,
     VideoURLExpiredError,
     WaitTimeoutError,
@@ -37,6 +47,7 @@ from .._exceptions import (
 
 __all__ = [
     "CONFIG_ERRORS",
+    "JOURNAL_SETUP_ERRORS",
     "DestinationError",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
@@ -86,8 +97,25 @@ class OutputError(Exception):
         self.reason = reason
 
 
+#: A journal that cannot be used at all: the setup is wrong, not one id.
+JOURNAL_SETUP_ERRORS = (
+    JournalBusyError,
+    JournalCorruptError,
+    JournalForeignError,
+    JournalPathError,
+    JournalReadOnlyError,
+    JournalUnavailableError,
+    JournalVersionError,
+)
+
 # Errors that say the setup is wrong rather than one id: they exit 2.
-CONFIG_ERRORS = (ConfigurationError, AuthenticationError, NotFoundError, UsageError)
+CONFIG_ERRORS = (
+    ConfigurationError,
+    AuthenticationError,
+    NotFoundError,
+    UsageError,
+    *JOURNAL_SETUP_ERRORS,
+)
 
 
 @attrs.frozen
@@ -250,6 +278,53 @@ def _unsafe_name(exc: UnsafeFileNameError, where: Where) -> tuple[str, str]:
     return str(exc), "this id cannot name a file; check the id"
 
 
+def _journal_corrupt(exc: JournalCorruptError, where: Where) -> tuple[str, str]:
+    return str(exc), "give --journal another file (keep the damaged one: nothing is deleted)"
+
+
+def _journal_foreign(exc: JournalForeignError, where: Where) -> tuple[str, str]:
+    return str(exc), "give --journal a file of its own"
+
+
+def _journal_version(exc: JournalVersionError, where: Where) -> tuple[str, str]:
+    return str(exc), "pip install -U siliconflow-video, then run again"
+
+
+def _journal_read_only(exc: JournalReadOnlyError, where: Where) -> tuple[str, str]:
+    return (
+        str(exc),
+        "make the journal (and its folder) writable, or read it with "
+        "'siliconflow-video jobs --journal FILE'",
+    )
+
+
+def _journal_busy(exc: JournalBusyError, where: Where) -> tuple[str, str]:
+    return str(exc), "let the other process finish (or stop it), then run again"
+
+
+def _journal_path(exc: JournalPathError, where: Where) -> tuple[str, str]:
+    return str(exc), "check --journal (or -o)"
+
+
+def _journal_unavailable(exc: JournalUnavailableError, where: Where) -> tuple[str, str]:
+    return str(exc), "give --journal a file path"
+
+
+def _submit_unknown(exc: SubmitUnknownError, where: Where) -> tuple[str, str]:
+    return (
+        str(exc),
+        "find its requestId in the SiliconFlow console and download it by id, or give it up",
+    )
+
+
+def _lease_held(exc: LeaseHeldError, where: Where) -> tuple[str, str]:
+    return str(exc), "another siliconflow-video is working on it; let it finish"
+
+
+def _journal(exc: JournalError, where: Where) -> tuple[str, str]:
+    return str(exc), "check the journal's disk and permissions, then run again"
+
+
 def _configuration(exc: ConfigurationError, where: Where) -> tuple[str, str]:
     return str(exc), "check the command's options (see --help)"
 
@@ -285,6 +360,16 @@ _EXPLAINERS: dict[type[BaseException], Explainer] = {
     DestinationError: _destination,
     DownloadError: _download,
     UnsafeFileNameError: _unsafe_name,
+    JournalCorruptError: _journal_corrupt,
+    JournalForeignError: _journal_foreign,
+    JournalVersionError: _journal_version,
+    JournalReadOnlyError: _journal_read_only,
+    JournalBusyError: _journal_busy,
+    JournalPathError: _journal_path,
+    JournalUnavailableError: _journal_unavailable,
+    SubmitUnknownError: _submit_unknown,
+    LeaseHeldError: _lease_held,
+    JournalError: _journal,
     ConfigurationError: _configuration,
     SiliconFlowError: _library,
 }

@@ -14,7 +14,18 @@ from .._exceptions import UnsafeFileNameError
 from .._naming import safe_stem, target_path
 from ._explain import UsageError
 
-__all__ = ["IMAGE_SIZE", "build_parser", "collect_ids", "name_from_template", "parse"]
+__all__ = [
+    "DEFAULT_JOURNAL",
+    "IMAGE_SIZE",
+    "build_parser",
+    "collect_ids",
+    "journal_path",
+    "name_from_template",
+    "parse",
+]
+
+#: The journal ``download -o DIR`` keeps unless told otherwise: hidden, in DIR, mode 0600.
+DEFAULT_JOURNAL = ".siliconflow-video.journal"
 
 #: What an --image-size must look like; which sizes a model takes is SiliconFlow's to say.
 IMAGE_SIZE = re.compile(r"[1-9][0-9]{1,4}x[1-9][0-9]{1,4}")
@@ -170,6 +181,83 @@ def _add_max_requests(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_journal(parser: argparse.ArgumentParser, *, default_in: str | None) -> None:
+    where = (
+        f"default: {default_in}/{DEFAULT_JOURNAL}"
+        if default_in
+        else f"default: DIR/{DEFAULT_JOURNAL} with --download DIR, else none"
+    )
+    parser.add_argument(
+        "--journal",
+        type=_folder,
+        metavar="FILE",
+        help="record every id and each step in this SQLite file (created 0600), so that "
+        f"'siliconflow-video resume' finishes the work after a crash ({where})",
+    )
+    if default_in:
+        parser.add_argument(
+            "--no-journal",
+            action="store_true",
+            help=f"keep no journal (no {DEFAULT_JOURNAL} in {default_in})",
+        )
+
+
+def _add_download_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="at most N videos downloading at once (default: 4)",
+    )
+    parser.add_argument(
+        "--sha256",
+        action="store_true",
+        help="compute each video's sha256 while it downloads (costs about as much CPU as "
+        "the download; printed with --json)",
+    )
+    parser.add_argument(
+        "--name",
+        type=_name_template,
+        metavar="TEMPLATE",
+        help="file names from TEMPLATE, e.g. '{request_id}_{index}{ext}' (the default); "
+        "{request_id} is the id made safe for a file name, {ext} the video's suffix",
+    )
+    parser.add_argument(
+        "--retries",
+        type=_non_negative_int,
+        metavar="N",
+        help="retry a failing API request or video transfer up to N times "
+        "(default: 3 per API request, 7 per video)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        metavar="S",
+        help="give up connecting to the video host after S seconds (default: 30)",
+    )
+    parser.add_argument(
+        "--read-timeout",
+        type=_positive_float,
+        metavar="S",
+        help="give up on a video host silent for S seconds (default: 60)",
+    )
+    _add_timeout(parser)
+    _add_max_requests(parser)
+    _add_json(parser)
+
+
+def journal_path(args: argparse.Namespace) -> Path | None:
+    """The journal a command uses: ``--journal FILE``, else (unless ``--no-journal``) the
+    hidden one in ``-o DIR`` (or ``--download DIR``), else none."""
+    if getattr(args, "journal", None):
+        return Path(args.journal)
+    if getattr(args, "no_journal", False):
+        return None
+    folder = getattr(args, "output", None) or getattr(args, "download", None)
+    return None if folder is None else Path(folder) / DEFAULT_JOURNAL
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``siliconflow-video``."""
     return _build()[0]
@@ -211,48 +299,70 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
         metavar="DIR",
         help="folder for the videos, created if needed (default: the current folder)",
     )
-    download.add_argument(
-        "--concurrency",
-        type=_positive_int,
-        default=4,
-        metavar="N",
-        help="at most N videos downloading at once (default: 4)",
+    _add_journal(download, default_in="DIR")
+    _add_download_options(download)
+
+    enqueue = commands.add_parser(
+        "enqueue",
+        parents=[common],
+        help="record ids in a journal for a later 'resume', and return at once",
+        description="Record every id, with DIR as its destination, in the journal (the "
+        f"hidden {DEFAULT_JOURNAL} in DIR unless --journal is given); nothing is asked of "
+        "SiliconFlow. 'siliconflow-video resume' then waits for them and downloads them.",
     )
-    download.add_argument(
-        "--sha256",
-        action="store_true",
-        help="compute each video's sha256 while it downloads (costs about as much CPU as "
-        "the download; printed with --json)",
+    _add_ids(enqueue)
+    enqueue.add_argument(
+        "-o",
+        "--output",
+        type=_folder,
+        default=".",
+        metavar="DIR",
+        help="folder the videos go to when resumed (default: the current folder)",
     )
-    download.add_argument(
-        "--name",
-        type=_name_template,
-        metavar="TEMPLATE",
-        help="file names from TEMPLATE, e.g. '{request_id}_{index}{ext}' (the default); "
-        "{request_id} is the id made safe for a file name, {ext} the video's suffix",
+    _add_journal(enqueue, default_in="DIR")
+    _add_json(enqueue)
+
+    resume = commands.add_parser(
+        "resume",
+        parents=[common],
+        help="finish every unfinished id of a journal",
+        description="Wait for and download every unfinished id recorded in the journal, "
+        "each into the folder recorded with it; finished files are kept, partial ones "
+        "resume. Submits whose answer was lost (submit_unknown) are listed, never sent "
+        "again. Exit codes as for download.",
     )
-    download.add_argument(
-        "--retries",
-        type=_non_negative_int,
-        metavar="N",
-        help="retry a failing API request or video transfer up to N times "
-        "(default: 3 per API request, 7 per video)",
+    resume.add_argument(
+        "-o",
+        "--output",
+        type=_folder,
+        metavar="DIR",
+        help=f"resume the journal of a download into DIR (DIR/{DEFAULT_JOURNAL})",
     )
-    download.add_argument(
-        "--connect-timeout",
-        type=_positive_float,
-        metavar="S",
-        help="give up connecting to the video host after S seconds (default: 30)",
+    resume.add_argument(
+        "--journal", type=_folder, metavar="FILE", help="the journal to resume (or -o DIR)"
     )
-    download.add_argument(
-        "--read-timeout",
-        type=_positive_float,
-        metavar="S",
-        help="give up on a video host silent for S seconds (default: 60)",
+    _add_download_options(resume)
+
+    jobs = commands.add_parser(
+        "jobs",
+        parents=[common],
+        help="list the jobs a journal holds (reads only; no key needed)",
+        description="Print one line per job of the journal: requestId, state, destination, "
+        "paths and error (--json: one object per job, URLs without their query strings). "
+        "Works on a read-only journal and without an API key.",
     )
-    _add_timeout(download)
-    _add_max_requests(download)
-    _add_json(download)
+    jobs.add_argument(
+        "-o",
+        "--output",
+        type=_folder,
+        metavar="DIR",
+        help=f"list the journal of a download into DIR (DIR/{DEFAULT_JOURNAL})",
+    )
+    jobs.add_argument(
+        "--journal", type=_folder, metavar="FILE", help="the journal to read (or -o DIR)"
+    )
+    jobs.add_argument("--unfinished", action="store_true", help="only the jobs not done or failed")
+    _add_json(jobs)
 
     status = commands.add_parser(
         "status",
@@ -283,8 +393,8 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
         description="Submit one generation job and print its requestId; with --wait or "
         "--download, also wait for it.",
     )
-    submit.add_argument("--model", required=True, help="e.g. Wan-AI/Wan2.2-T2V-A14B")
-    submit.add_argument("--prompt", required=True, help="what the video shows")
+    submit.add_argument("--model", help="e.g. Wan-AI/Wan2.2-T2V-A14B (required)")
+    submit.add_argument("--prompt", help="what the video shows (required)")
     submit.add_argument(
         "--image-size",
         type=_image_size,
@@ -305,6 +415,19 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
         type=_folder,
         metavar="DIR",
         help="wait for the job and download its videos into DIR (checked before submitting)",
+    )
+    submit.add_argument(
+        "--from-file",
+        metavar="FILE",
+        help='submit one job per line of FILE, JSON Lines: {"model": ..., "prompt": ..., '
+        '"image_size", "negative_prompt", "image", "seed", "key"}; with a journal '
+        "a rerun submits no line twice (a line is known by its key, else its content)",
+    )
+    _add_journal(submit, default_in=None)
+    submit.add_argument(
+        "--no-journal",
+        action="store_true",
+        help=f"with --download DIR, keep no journal (no {DEFAULT_JOURNAL} in DIR)",
     )
     _add_timeout(submit)
     _add_json(submit)
@@ -328,6 +451,9 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     _add_json(demo)
     return parser, {
         "download": download,
+        "enqueue": enqueue,
+        "resume": resume,
+        "jobs": jobs,
         "status": status,
         "wait": wait,
         "submit": submit,
