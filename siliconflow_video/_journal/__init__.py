@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Iterable
 
-from .._exceptions import JournalError, JournalUnavailableError
+from .._exceptions import JournalUnavailableError
 from ._base import (
     ErrorInfo,
     JobRecord,
@@ -30,8 +30,9 @@ from ._base import (
     submit_key_for,
 )
 from ._record import JournalRecord, Recorder
-from ._schema import SCHEMA_VERSION, Synchronous, connect, translate
-from ._schema import read_jobs as _read_jobs
+from ._rows import select_jobs
+from ._schema import SCHEMA_VERSION, Synchronous, connect, execute
+from ._sql import SQLITE, Tx, drive
 from ._sqlite import SQLiteJournal
 
 __all__ = [
@@ -115,14 +116,10 @@ def read_jobs(
     path = _sqlite_path(path_or_url)
     conn, _ = connect(path, read_only=True, busy_timeout=10.0, synchronous="normal")
     try:
-        return _read_jobs(conn, now=time.time(), unfinished=unfinished, states=states)
-    except JournalError:
-        raise
-    except Exception as exc:
-        import sqlite3
-
-        if isinstance(exc, sqlite3.Error):
-            raise translate(exc, path) from None
-        raise
+        tx = Tx(SQLITE, time.time(), "", path)
+        return drive(
+            select_jobs(tx, unfinished=unfinished, states=states),
+            lambda query: execute(conn, path, query),
+        )
     finally:
         conn.close()
