@@ -226,14 +226,16 @@ class SQLJournal(Journal):
         where = normalize_dest(dest)
 
         def run(tx: Tx) -> Step[list[JobRecord]]:
-            each = tx.dialect.each
-            given = tx.dialect.each_param(ids)
             # Set-wise, in the order given; an id already journaled keeps its row (and
             # one being accepted by another process right now is waited for, not doubled).
+            # One id (the pipeline's usual call) without a list parameter: cheaper.
+            one = len(ids) == 1
+            given = ids[0] if one else tx.dialect.each_param(ids)
+            source = "(SELECT ? AS value) AS one" if one else tx.dialect.each
             yield tx.run(
                 "INSERT INTO jobs (job_key, request_id, state, dest, model, created_at, "
-                f"updated_at) SELECT value, value, 'waiting', ?, ?, ?, ? FROM {each} "
-                "WHERE true ON CONFLICT DO NOTHING",
+                "updated_at) SELECT value, value, 'waiting', CAST(? AS TEXT), CAST(? AS TEXT), "
+                f"?, ? FROM {source} WHERE true ON CONFLICT DO NOTHING",
                 where,
                 model,
                 tx.now,
@@ -241,8 +243,9 @@ class SQLJournal(Journal):
                 given,
             )
             again = yield tx.all(
-                f"SELECT job_key FROM jobs WHERE request_id IN (SELECT value FROM {each}) "
-                "AND state = 'failed' AND (remote_status IS NULL OR remote_status != 'Failed')",
+                "SELECT job_key FROM jobs WHERE request_id"
+                + (" = ?" if one else tx.dialect.in_list)
+                + " AND state = 'failed' AND (remote_status IS NULL OR remote_status != 'Failed')",
                 given,
             )
             for row in again:

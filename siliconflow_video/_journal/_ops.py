@@ -160,7 +160,7 @@ def jobs_by_request_id(tx: Tx, ids: list[str]) -> Step[list[JobRecord]]:
     else:  # one parameter for any number of ids
         found = yield from select_jobs(
             tx,
-            where=f"j.request_id IN (SELECT value FROM {tx.dialect.each})",
+            where=f"j.request_id{tx.dialect.in_list}",
             params=(tx.dialect.each_param(ids),),
         )
     by_id = {job.request_id: job for job in found}

@@ -74,6 +74,12 @@ class Dialect:
     seq: str
     #: a table of one ``value`` column from one list parameter
     each: str
+    #: ``column`` + this: true when the column's value is in one list parameter
+    in_list: str
+    #: each write of a batch in its own savepoint from the start. PostgreSQL runs a batch
+    #: without (each savepoint that writes is a subtransaction, and past 64 of them every
+    #: snapshot gets slower) and falls back to savepoints only once a write fails
+    savepoint_each: bool
 
     def each_param(self, values: Sequence[str]) -> Any:
         """``values`` as the ``each`` fragment's parameter."""
@@ -86,6 +92,8 @@ SQLITE = Dialect(
     lock="",
     seq="rowid",
     each="json_each(?)",
+    in_list=" IN (SELECT value FROM json_each(?))",
+    savepoint_each=True,
 )
 POSTGRES = Dialect(
     name="postgresql",
@@ -93,6 +101,8 @@ POSTGRES = Dialect(
     lock=" FOR UPDATE",
     seq="seq",
     each="unnest(CAST(? AS text[])) AS each (value)",
+    in_list=" = ANY (CAST(? AS text[]))",  # an index scan, where IN (SELECT ...) is not
+    savepoint_each=False,
 )
 
 

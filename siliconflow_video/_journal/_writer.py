@@ -118,6 +118,7 @@ class BatchRun:
         self._position = 0
         self._current: Op | None = None
         self._open: list[tuple[Op, Outcome]] = []
+        self._savepoints = dialect.savepoint_each
 
     @property
     def unsettled(self) -> list[Op]:
@@ -172,6 +173,9 @@ class BatchRun:
             yield from self._commit()
 
     def _write(self, op: Op) -> Step[None]:
+        if not self._savepoints:
+            yield from self._write_bare(op)
+            return
         answered = False
         try:
             yield Q("SAVEPOINT op")
@@ -191,6 +195,21 @@ class BatchRun:
             if not answered and all(o is not op for o, _ in self._open):
                 self.results.append(_failed(op, exc))
             yield from self._abort(exc)
+
+    def _write_bare(self, op: Op) -> Step[None]:
+        """``op`` without a savepoint. If it fails, the transaction goes (with whatever
+        part of it ``op`` wrote); the writes before it run again, this time each in its
+        own savepoint, as does the rest of the batch."""
+        outcome = yield from _call(op, self._tx())
+        if outcome[1]:
+            self._open.append((op, outcome))
+            return
+        self.results.append(outcome)
+        self._savepoints = True
+        again = [done for done, _ in self._open]
+        self._open.clear()
+        yield from _rollback()
+        self.todo[self._position : self._position] = again
 
 
 def _call(op: Op, tx: Tx) -> Step[Outcome]:
