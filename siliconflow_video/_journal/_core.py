@@ -232,7 +232,7 @@ class SQLJournal(Journal):
             one = len(ids) == 1
             given = ids[0] if one else tx.dialect.each_param(ids)
             source = "(SELECT ? AS value) AS one" if one else tx.dialect.each
-            yield tx.run(
+            inserted = yield tx.run(
                 "INSERT INTO jobs (job_key, request_id, state, dest, model, created_at, "
                 "updated_at) SELECT value, value, 'waiting', CAST(? AS TEXT), CAST(? AS TEXT), "
                 f"?, ? FROM {source} WHERE true ON CONFLICT DO NOTHING",
@@ -242,6 +242,8 @@ class SQLJournal(Journal):
                 tx.now,
                 given,
             )
+            if inserted == len(ids):  # all new: none to wait for again
+                return (yield from jobs_by_request_id(tx, ids))
             again = yield tx.all(
                 "SELECT job_key FROM jobs WHERE request_id"
                 + (" = ?" if one else tx.dialect.in_list)

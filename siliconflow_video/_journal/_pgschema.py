@@ -293,6 +293,8 @@ def execute_sync(conn: Any, target: Target, query: Q) -> Any:
 
     if query.fetch == "status":
         return conn.info.transaction_status != TransactionStatus.IDLE
+    if query.fetch == "pause":
+        return None
     sql, params = pg_statement(query)
     try:
         if query.fetch == "many":

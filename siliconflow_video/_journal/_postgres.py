@@ -49,6 +49,8 @@ __all__ = ["PostgresJournal"]
 
 Connection = psycopg.AsyncConnection[Any]
 
+_FETCH_SLICE = 1000
+
 
 class PostgresJournal(SQLJournal):
     """A journal in the PostgreSQL database at ``url`` (``postgresql://USER@HOST:PORT/DB``;
@@ -157,6 +159,9 @@ async def execute(conn: Connection, target: Target, query: Q) -> Any:
     """Run one statement of a step on ``conn``; a lost connection raises ``Lost``."""
     if query.fetch == "status":
         return conn.info.transaction_status != TransactionStatus.IDLE
+    if query.fetch == "pause":
+        await asyncio.sleep(0)
+        return None
     sql, params = pg_statement(query)
     try:
         if query.fetch == "many":
@@ -165,7 +170,14 @@ async def execute(conn: Connection, target: Target, query: Q) -> Any:
             return None
         cursor = await conn.execute(sql, params)
         if query.fetch == "all":
-            return await cursor.fetchall()
+            # Rows are made in slices: thousands of them are milliseconds of CPU each
+            # time, and the event loop runs in between.
+            rows: list[Any] = []
+            while chunk := await cursor.fetchmany(_FETCH_SLICE):
+                rows.extend(chunk)
+                if len(chunk) == _FETCH_SLICE:
+                    await asyncio.sleep(0)
+            return rows
         if query.fetch == "one":
             return await cursor.fetchone()
         return cursor.rowcount

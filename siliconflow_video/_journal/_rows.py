@@ -11,43 +11,64 @@ from typing import Any
 
 from ._base import ErrorInfo, JobRecord, JobState, VideoRecord, VideoState, moment_of
 from ._owners import holder_is_live
-from ._sql import Step, Tx
+from ._sql import PAUSE, Step, Tx
 
 __all__ = ["effective_state", "lease_is_live", "select_jobs"]
 
+_VIDEO_COLUMNS = (
+    "idx",
+    "state",
+    "url",
+    "url_seen_at",
+    "size",
+    "etag",
+    "last_modified",
+    "bytes_done",
+    "path",
+    "sha256",
+    "error_type",
+    "error_message",
+    "updated_at",
+    "finished_at",
+)
+# A job and its videos in one statement (one round trip to a server): one row per video,
+# or one with the v_ columns NULL for a job without videos.
 _JOB_COLUMNS = """
     j.*, l.owner AS lease_owner, l.until AS lease_until,
-    o.machine AS lease_machine, o.pid AS lease_pid
-"""
+    o.machine AS lease_machine, o.pid AS lease_pid,
+""" + ", ".join(f"v.{c} AS v_{c}" for c in _VIDEO_COLUMNS)
 _JOB_JOINS = """
     FROM jobs j
     LEFT JOIN leases l ON l.job_key = j.job_key AND l.idx = -1
     LEFT JOIN owners o ON o.owner = l.owner
+    LEFT JOIN videos v ON v.job_key = j.job_key
 """
+#: Rows turned into records between two chances for the event loop to run.
+_SLICE = 500
 
 
-def _error(row: Any) -> ErrorInfo | None:
-    if row["error_type"] is None:
+def _error(row: Any, prefix: str = "") -> ErrorInfo | None:
+    if row[f"{prefix}error_type"] is None:
         return None
-    return ErrorInfo(row["error_type"], row["error_message"] or "")
+    return ErrorInfo(row[f"{prefix}error_type"], row[f"{prefix}error_message"] or "")
 
 
 def _video(row: Any) -> VideoRecord:
     return VideoRecord(
         job_key=row["job_key"],
-        index=row["idx"],
-        state=VideoState(row["state"]),
-        url=row["url"],
-        url_seen_at=moment_of(row["url_seen_at"]),
-        size=row["size"],
-        etag=row["etag"],
-        last_modified=row["last_modified"],
-        bytes_done=row["bytes_done"],
-        path=row["path"],
-        sha256=row["sha256"],
-        error=_error(row),
-        updated_at=moment_of(row["updated_at"]),
-        finished_at=moment_of(row["finished_at"]),
+        index=row["v_idx"],
+        state=VideoState(row["v_state"]),
+        url=row["v_url"],
+        url_seen_at=moment_of(row["v_url_seen_at"]),
+        size=row["v_size"],
+        etag=row["v_etag"],
+        last_modified=row["v_last_modified"],
+        bytes_done=row["v_bytes_done"],
+        path=row["v_path"],
+        sha256=row["v_sha256"],
+        error=_error(row, "v_"),
+        updated_at=moment_of(row["v_updated_at"]),
+        finished_at=moment_of(row["v_finished_at"]),
     )
 
 
@@ -116,19 +137,25 @@ def select_jobs(
         params = (*params, *sorted(stored))
     clause = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     rows = yield tx.all(
-        f"SELECT {_JOB_COLUMNS} {_JOB_JOINS} {clause} ORDER BY j.created_at, j.{tx.dialect.seq}",
+        f"SELECT {_JOB_COLUMNS} {_JOB_JOINS} {clause} "
+        f"ORDER BY j.created_at, j.{tx.dialect.seq}, v.idx",
         *params,
     )
-    videos: dict[str, list[VideoRecord]] = {}
-    if rows:
-        video_rows = yield tx.all(
-            f"SELECT v.* FROM videos v JOIN jobs j ON j.job_key = v.job_key {clause} "
-            "ORDER BY v.job_key, v.idx",
-            *params,
-        )
-        for vrow in video_rows:
-            videos.setdefault(vrow["job_key"], []).append(_video(vrow))
-    jobs = [_job(row, tuple(videos.get(row["job_key"], ())), tx.now) for row in rows]
+    jobs: list[JobRecord] = []
+    first: Any = None
+    videos: list[VideoRecord] = []
+    for n, row in enumerate(rows, 1):
+        if first is not None and row["job_key"] != first["job_key"]:
+            jobs.append(_job(first, tuple(videos), tx.now))
+            videos = []
+        if first is None or row["job_key"] != first["job_key"]:
+            first = row
+        if row["v_idx"] is not None:
+            videos.append(_video(row))
+        if n % _SLICE == 0:
+            yield PAUSE
+    if first is not None:
+        jobs.append(_job(first, tuple(videos), tx.now))
     if wanted is not None:
         jobs = [job for job in jobs if job.state in wanted]
     return jobs

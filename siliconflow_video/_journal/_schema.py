@@ -348,6 +348,8 @@ def execute(conn: sqlite3.Connection, path: str, query: Q) -> Any:
     try:
         if query.fetch == "status":
             return conn.in_transaction
+        if query.fetch == "pause":
+            return None
         if query.fetch == "many":
             conn.executemany(query.sql, query.params)
             return None

@@ -27,6 +27,7 @@ from typing import Any, Literal, TypeAlias, TypeVar
 import attrs
 
 __all__ = [
+    "PAUSE",
     "POSTGRES",
     "SQLITE",
     "Abandon",
@@ -42,9 +43,10 @@ __all__ = [
 T = TypeVar("T")
 
 #: What a statement's result is: every row, the first row (or None), the row count of a
-#: change, one statement per parameter tuple (``many``), or whether a transaction is open
-#: (``status``, no SQL).
-Fetch = Literal["all", "one", "run", "many", "status"]
+#: change, one statement per parameter tuple (``many``); or no SQL: whether a transaction
+#: is open (``status``), a moment for the event loop to run other tasks (``pause``, for a
+#: step busy turning thousands of rows into records; nothing without a loop).
+Fetch = Literal["all", "one", "run", "many", "status", "pause"]
 
 
 @attrs.frozen
@@ -55,6 +57,8 @@ class Q:
     params: Sequence[Any] = ()
     fetch: Fetch = "run"
 
+
+PAUSE = Q("", (), "pause")
 
 #: An operation: yields statements, is sent their results, returns a ``T``.
 Step: TypeAlias = Generator[Q, Any, T]
