@@ -5,9 +5,10 @@
     async with open_journal("jobs.db") as journal:
         jobs = await journal.accept(request_ids, dest="videos/")
 
-``open_journal`` takes a path (or ``sqlite:///path``); ``postgresql://`` is planned and
-raises ``JournalUnavailableError`` for now. ``read_jobs`` reads a journal from a script
-without an event loop and without writing anything.
+``open_journal`` takes a path (or ``sqlite:///path``): SQLite, for one machine; or a
+``postgresql://USER@HOST:PORT/DB`` URL (the ``postgres`` extra): PostgreSQL, shared by
+processes on many machines. ``read_jobs`` reads a journal from a script without an event
+loop and without writing anything.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
+from typing import Any
 
-from .._exceptions import JournalError, JournalUnavailableError
+from .._exceptions import JournalUnavailableError
 from ._base import (
     ErrorInfo,
     JobRecord,
@@ -30,8 +32,9 @@ from ._base import (
     submit_key_for,
 )
 from ._record import JournalRecord, Recorder
-from ._schema import SCHEMA_VERSION, Synchronous, connect, translate
-from ._schema import read_jobs as _read_jobs
+from ._rows import select_jobs
+from ._schema import SCHEMA_VERSION, Synchronous, connect, execute
+from ._sql import POSTGRES, SQLITE, Q, Tx, drive
 from ._sqlite import SQLiteJournal
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "Journal",
     "JournalRecord",
     "Lease",
+    "PostgresJournal",
     "Recorder",
     "SQLiteJournal",
     "SubmitIntent",
@@ -56,13 +60,12 @@ __all__ = [
 _POSTGRES = ("postgres://", "postgresql://", "postgresql+")
 
 
+def _is_postgres(path_or_url: str | os.PathLike[str]) -> bool:
+    return os.fspath(path_or_url).startswith(_POSTGRES)
+
+
 def _sqlite_path(path_or_url: str | os.PathLike[str]) -> str:
     text = os.fspath(path_or_url)
-    if text.startswith(_POSTGRES):
-        raise JournalUnavailableError(
-            "a PostgreSQL journal is not available yet; use a file path (SQLite) for now",
-            path=text.split("@")[-1],  # never echo a password from the URL
-        )
     if text.startswith("sqlite://"):
         # As SQLAlchemy spells it: sqlite:///relative.db, sqlite:////absolute.db
         rest = text[len("sqlite://") :]
@@ -74,8 +77,9 @@ def _sqlite_path(path_or_url: str | os.PathLike[str]) -> str:
     if "://" in text:
         scheme = text.split("://", 1)[0]
         raise JournalUnavailableError(
-            f"no journal backend for {scheme}://; give a file path or sqlite:///path",
-            path=text,
+            f"no journal backend for {scheme}://; give a file path, sqlite:///path or "
+            "postgresql://USER@HOST:PORT/DB",
+            path=text.split("@")[-1],  # never echo a password from the URL
         )
     if not text:
         raise JournalUnavailableError("the journal path is empty")
@@ -93,8 +97,19 @@ def open_journal(
     """The journal at ``path_or_url``, to open with ``async with`` (or ``await .open()``).
 
     A missing file is created (mode 0600); its folder must exist. ``synchronous="full"``
-    also survives power loss, at one fsync per commit (see ``SQLiteJournal``).
+    also survives power loss, at one fsync per commit (see ``SQLiteJournal``). A
+    ``postgresql://`` URL opens a ``PostgresJournal`` (its tables are created on first
+    open; ``synchronous`` is the server's business there, and ignored).
     """
+    if _is_postgres(path_or_url):
+        from ._postgres import PostgresJournal
+
+        return PostgresJournal(
+            os.fspath(path_or_url),
+            read_only=read_only,
+            busy_timeout=busy_timeout,
+            lease_seconds=lease_seconds,
+        )
     return SQLiteJournal(
         _sqlite_path(path_or_url),
         read_only=read_only,
@@ -112,17 +127,40 @@ def read_jobs(
 ) -> list[JobRecord]:
     """The journal's jobs, read synchronously and without writing (for scripts and
     ``jobs``); see :meth:`Journal.jobs`."""
+    if _is_postgres(path_or_url):
+        return _read_postgres(os.fspath(path_or_url), unfinished=unfinished, states=states)
     path = _sqlite_path(path_or_url)
     conn, _ = connect(path, read_only=True, busy_timeout=10.0, synchronous="normal")
     try:
-        return _read_jobs(conn, now=time.time(), unfinished=unfinished, states=states)
-    except JournalError:
-        raise
-    except Exception as exc:
-        import sqlite3
-
-        if isinstance(exc, sqlite3.Error):
-            raise translate(exc, path) from None
-        raise
+        tx = Tx(SQLITE, time.time(), "", path)
+        return drive(
+            select_jobs(tx, unfinished=unfinished, states=states),
+            lambda query: execute(conn, path, query),
+        )
     finally:
         conn.close()
+
+
+def _read_postgres(
+    url: str, *, unfinished: bool, states: Iterable[JobState] | None
+) -> list[JobRecord]:
+    from ._pgschema import connect_sync, execute_sync, parse_url, prepare
+
+    target = parse_url(url)
+    with connect_sync(target) as conn:
+        tx = Tx(POSTGRES, time.time(), "", target.shown)
+
+        def run(query: Q) -> Any:
+            return execute_sync(conn, target, query)
+
+        drive(prepare(tx, read_only=True), run)
+        return drive(select_jobs(tx, unfinished=unfinished, states=states), run)
+
+
+def __getattr__(name: str) -> Any:
+    # PostgresJournal needs psycopg (the ``postgres`` extra): imported when first asked for.
+    if name == "PostgresJournal":
+        from ._postgres import PostgresJournal
+
+        return PostgresJournal
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
