@@ -211,8 +211,12 @@ class _Batch:
     async def download(self, status: VideoStatus) -> None:
         rid = status.request_id
         try:
-            await self.record.succeeded(status)
             targets = [(i, url, self.target(rid, i, url)) for i, url in enumerate(status.urls)]
+        except SiliconFlowError as exc:  # a name refused: recorded as this id's failure
+            await self.ended(WaitResult(rid, status, _as_error(exc, rid)))
+            return
+        try:
+            await self.record.succeeded(status)
             # One video failing must not stop its siblings: gather them all, then report.
             results = await asyncio.gather(
                 *(self.one_video(rid, i, url, path) for i, url, path in targets),
@@ -258,14 +262,18 @@ class _Batch:
         for a ``.part`` lock), then take what it finished, or carry on where it stopped."""
         loop = asyncio.get_running_loop()
         start = loop.time()
-        if not await self.record.claim(request_id, wait=timeout):
-            error = WaitTimeoutError(request_id, timeout or 0.0, None)
-            error.__cause__ = LeaseHeldError(
-                "another process is working on this id", request_id=request_id
-            )
-            self.finish(Outcome(request_id, None, (), error))
+        try:
+            if not await self.record.claim(request_id, wait=timeout):
+                error = WaitTimeoutError(request_id, timeout or 0.0, None)
+                error.__cause__ = LeaseHeldError(
+                    "another process is working on this id", request_id=request_id
+                )
+                self.finish(Outcome(request_id, None, (), error))
+                return
+            known = await self.record.known_outcome(request_id)
+        except Exception as exc:  # noqa: BLE001 - a journal that fails here fails this id
+            self.finish(Outcome(request_id, None, (), _as_error(exc, request_id)))
             return
-        known = await self.record.known_outcome(request_id)
         if known is not None:
             self.finish(known)
             return

@@ -360,3 +360,24 @@ def test_two_resume_processes_on_one_journal_fetch_nothing_twice(tmp_path: Path)
     for rid in ids:
         assert (dest / f"{rid}_0.mp4").read_bytes() == fake.video_bytes(rid)
         assert served_in_full(fake, rid) == 1
+
+
+async def test_a_refused_name_is_journaled_as_that_ids_failure(
+    fake: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """A naming function that gives an unsafe name fails that id, and the journal says so
+    (failed, with the error), rather than leaving it 'downloading' forever."""
+    journal = tmp_path / "jobs.db"
+    bad, good = fake.add_job(), fake.add_job()
+    names = {bad: "../escape.mp4", good: "fine.mp4"}
+    async with make_client(fake, journal=journal) as client:
+        outcomes = await client.wait_and_download(
+            [bad, good], tmp_path / "v", naming=lambda rid, i, url: names[rid]
+        )
+    assert isinstance(outcomes[0].error, sv.UnsafeFileNameError)
+    assert outcomes[1].ok
+    jobs = {job.request_id: job for job in sv.read_jobs(journal)}
+    assert jobs[bad].state is sv.JobState.FAILED
+    assert jobs[bad].error is not None
+    assert jobs[bad].error.type == "UnsafeFileNameError"
+    assert jobs[good].state is sv.JobState.DONE
