@@ -117,6 +117,7 @@ class _Batch:
     ) -> None:
         self.client = client
         self.record = record
+        self.releasing: set[asyncio.Task[None]] = set()
         self.dest = dest
         self.slots = asyncio.Semaphore(max_concurrent_downloads)
         self.notify = _safe(progress)
@@ -140,6 +141,14 @@ class _Batch:
         if outcome.request_id in self.outcomes:
             return  # one outcome per id, ever
         self.outcomes[outcome.request_id] = outcome
+        if self.record.holds(outcome.request_id):
+            # Given back now, not at the end of the batch: another process may be waiting
+            # for this id while holding one this batch waits for.
+            task = asyncio.get_running_loop().create_task(
+                self.record.release_one(outcome.request_id)
+            )
+            self.releasing.add(task)
+            task.add_done_callback(self.releasing.discard)
         self.finished.put_nowait(outcome)
         self.notify(
             ProgressEvent(
@@ -385,6 +394,8 @@ async def _pipeline(batch: _Batch, valid: list[str], dest: Path, timeout: float 
                 tasks.create_task(batch.after_lease(rid, timeout, tasks))
             await batch.wait_for(ready, timeout, tasks)
     finally:
+        if batch.releasing:
+            await asyncio.wait(set(batch.releasing))
         try:
             await asyncio.shield(record.release())
         except SiliconFlowError as exc:

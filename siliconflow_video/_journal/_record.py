@@ -62,8 +62,15 @@ class Recorder:
     async def video_failed(self, request_id: str, index: int, error: BaseException) -> None:
         """One video could not be fetched."""
 
+    def holds(self, request_id: str) -> bool:
+        """True while this batch holds the id's lease."""
+        return False
+
+    async def release_one(self, request_id: str) -> None:
+        """Give the id's lease back (its outcome is out); never raises."""
+
     async def release(self) -> None:
-        """Give up every lease taken."""
+        """Give up every lease still held."""
 
 
 class JournalRecord(Recorder):
@@ -149,15 +156,26 @@ class JournalRecord(Recorder):
     async def video_failed(self, request_id: str, index: int, error: BaseException) -> None:
         await self.journal.video_failed(self.key(request_id), index, error)
 
+    def holds(self, request_id: str) -> bool:
+        return self.key(request_id) in self.claimed
+
+    async def release_one(self, request_id: str) -> None:
+        key = self.key(request_id)
+        self.claimed.discard(key)
+        await self._give_back(key)
+
     async def release(self) -> None:
         claimed, self.claimed = self.claimed, set()
         for key in claimed:
-            try:
-                await self.journal.release(Lease(key, None, self.journal.owner, datetime.now(UTC)))
-            except SiliconFlowError as exc:
-                # The work is done and recorded; a lease not given back expires, or goes
-                # when this journal closes. Never worth an outcome.
-                logger.warning("journal: could not give back the lease of %r: %s", key, exc)
+            await self._give_back(key)
+
+    async def _give_back(self, key: str) -> None:
+        try:
+            await self.journal.release(Lease(key, None, self.journal.owner, datetime.now(UTC)))
+        except SiliconFlowError as exc:
+            # The work is done and recorded; a lease not given back expires, or goes when
+            # this journal closes. Never worth an outcome.
+            logger.warning("journal: could not give back the lease of %r: %s", key, exc)
 
     async def _outcome_of(self, record: JobRecord) -> Outcome | None:
         """The outcome the journal already holds for a job: done with every file still
