@@ -48,9 +48,10 @@ def create_app(
     wait_timeout: float = 30 * 60,
 ) -> FastAPI:
     folder = Path(video_dir or os.environ.get("VIDEO_DIR", "videos"))
-    journal_path = Path(
-        journal or os.environ.get("VIDEO_JOURNAL") or folder / ".siliconflow-video.journal"
-    )
+    where = journal or os.environ.get("VIDEO_JOURNAL") or folder / ".siliconflow-video.journal"
+    # A postgresql:// URL (one journal shared by every replica) stays text: a Path would
+    # fold its "//" into a local file name.
+    journal_at: str | Path = str(where) if "://" in str(where) else Path(where)
 
     def in_background(app: FastAPI, work: Coroutine[Any, Any, Any], what: str) -> None:
         # Held by the app (a bare task may be garbage-collected), cancelled at shutdown;
@@ -62,9 +63,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # The journal's folder must exist; the videos' folder is made by the downloads.
-        await asyncio.to_thread(journal_path.parent.mkdir, parents=True, exist_ok=True)
-        async with AsyncClient(api_key, base_url, journal=journal_path) as client:
+        # A journal file's folder must exist; the videos' folder is made by the downloads.
+        if isinstance(journal_at, Path):
+            await asyncio.to_thread(journal_at.parent.mkdir, parents=True, exist_ok=True)
+        async with AsyncClient(api_key, base_url, journal=journal_at) as client:
             app.state.client = client
             app.state.tasks = set()
             await client.journal()  # a bad journal stops the start, not the first request

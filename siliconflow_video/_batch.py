@@ -221,7 +221,8 @@ class _Batch:
         rid = status.request_id
         try:
             targets = [(i, url, self.target(rid, i, url)) for i, url in enumerate(status.urls)]
-        except SiliconFlowError as exc:  # a name refused: recorded as this id's failure
+        except Exception as exc:  # noqa: BLE001 - a name refused, or a naming callback's
+            # own bug: recorded as this id's failure, never the batch's
             await self.ended(WaitResult(rid, status, _as_error(exc, rid)))
             return
         try:

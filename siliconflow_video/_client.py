@@ -542,7 +542,7 @@ class AsyncClient:
         The outcomes of :meth:`download_as_completed`, in the order given."""
         if isinstance(request_ids, str):
             raise TypeError("request_ids must be a list of ids, not one string")
-        journal = await self.journal()
+        _local(dest)
         return await run_batch(
             _BatchPort(self),
             request_ids,
@@ -551,8 +551,15 @@ class AsyncClient:
             max_concurrent_downloads=self._download_cap(max_concurrent_downloads),
             progress=progress,
             naming=naming,
-            record=Recorder() if journal is None else JournalRecord(journal),
+            record=await self._recorder(),
         )
+
+    async def _recorder(self) -> Recorder:
+        """What one batch tells the journal: nothing without one."""
+        journal = await self.journal()
+        if journal is None:
+            return Recorder()
+        return JournalRecord(journal, sha256=self.download_policy.sha256)
 
     def download_as_completed(
         self,
@@ -606,7 +613,6 @@ class AsyncClient:
         progress: ProgressCallback | None,
         naming: Naming | None,
     ) -> AsyncGenerator[Outcome, None]:
-        journal = await self.journal()
         stream = stream_batch(
             _BatchPort(self),
             ids,
@@ -615,7 +621,7 @@ class AsyncClient:
             max_concurrent_downloads=max_concurrent_downloads,
             progress=progress,
             naming=naming,
-            record=Recorder() if journal is None else JournalRecord(journal),
+            record=await self._recorder(),
         )
         async with contextlib.aclosing(stream):
             async for outcome in stream:

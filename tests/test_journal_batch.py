@@ -381,3 +381,56 @@ async def test_a_refused_name_is_journaled_as_that_ids_failure(
     assert jobs[bad].error is not None
     assert jobs[bad].error.type == "UnsafeFileNameError"
     assert jobs[good].state is sv.JobState.DONE
+
+
+async def test_a_naming_callback_that_raises_fails_only_its_id(
+    fake: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """A naming function's own bug (a KeyError) is that id's outcome, journaled as failed;
+    the other ids download as usual."""
+    journal = tmp_path / "jobs.db"
+    known, unknown = fake.add_job(), fake.add_job()
+    titles = {known: "known.mp4"}
+    async with make_client(fake, journal=journal) as client:
+        outcomes = await client.wait_and_download(
+            [known, unknown], tmp_path / "v", naming=lambda rid, i, url: titles[rid]
+        )
+    assert outcomes[0].ok
+    assert not outcomes[1].ok
+    assert "KeyError" in str(outcomes[1].error)
+    states = {job.request_id: job.state for job in sv.read_jobs(journal)}
+    assert states == {known: sv.JobState.DONE, unknown: sv.JobState.FAILED}
+
+
+async def test_a_rerun_from_the_journal_reports_the_recorded_status(
+    fake: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """An outcome the journal answers carries the Succeed status it recorded (so a script
+    that checks the status sees the same as on the first run)."""
+    journal = tmp_path / "jobs.db"
+    rid = fake.add_job(videos=[10_000], inference=2.5)
+    async with make_client(fake, journal=journal) as client:
+        [first] = await client.wait_and_download([rid], tmp_path / "v")
+    async with make_client(fake, journal=journal) as client:
+        [again] = await client.wait_and_download([rid], tmp_path / "v")
+    assert first.status is not None
+    assert again.status is not None
+    assert again.status.status is sv.Status.SUCCEED
+    assert again.status.results is not None
+    assert again.status.results.timings == sv.Timings(inference=2.5)
+
+
+async def test_a_journal_shared_across_folders_downloads_into_the_one_asked(
+    fake: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """An id done into one folder, then asked for into another with the same journal, is
+    downloaded there: never reported from a folder the caller did not name."""
+    journal = tmp_path / "jobs.db"
+    rid = fake.add_job(videos=[10_000])
+    async with make_client(fake, journal=journal) as client:
+        [first] = await client.wait_and_download([rid], tmp_path / "a")
+        [second] = await client.wait_and_download([rid], tmp_path / "b")
+    assert first.paths[0].parent == tmp_path / "a"
+    assert second.ok
+    assert second.paths[0].parent == tmp_path / "b"
+    assert second.paths[0].read_bytes() == fake.video_bytes(rid)

@@ -56,7 +56,7 @@ from .._exceptions import (
     SubmitUnknownError,
     UnsafeFileNameError,
 )
-from .._journal import JobRecord, JobState, Journal, open_journal, read_jobs
+from .._journal import JobRecord, JobState, Journal, journal_name, open_journal, read_jobs
 from .._logging import RedactingFilter
 from .._models import Naming, check_request_id
 from .._naming import default_name
@@ -287,7 +287,7 @@ class Cli:
             changes["read_timeout"] = args.read_timeout
         return attrs.evolve(CLI_DOWNLOAD, **changes)
 
-    def downloading_client(self, journal: Path | None) -> AsyncClient:
+    def downloading_client(self, journal: Path | str | None) -> AsyncClient:
         """A client with the download options of ``download`` and ``resume``."""
         args = self.args
         options: dict[str, Any] = {}
@@ -341,7 +341,7 @@ class Cli:
 
     # -- the journal's commands
 
-    def journal_or_usage(self, command: str) -> Path:
+    def journal_or_usage(self, command: str) -> Path | str:
         path = journal_path(self.args)
         if path is None:
             raise UsageError(
@@ -377,11 +377,11 @@ class Cli:
                 )
             else:
                 self.out(f"{printable(record.request_id or record.job_key)}  {record.state}")
-        how = f"-o {args.output}" if args.journal is None else f"--journal {args.journal}"
+        how = f"-o {args.output}" if args.journal is None else f"--journal {journal_name(path)}"
         log.info(
             "recorded %d ids in %s; get their videos with: siliconflow-video resume %s",
             len(records),
-            path,
+            journal_name(path),
             how,
         )
         return EXIT_OK
@@ -389,7 +389,7 @@ class Cli:
     async def resume(self) -> int:
         args = self.args
         path = self.journal_or_usage("resume")
-        if not path.exists():
+        if isinstance(path, Path) and not path.exists():
             raise UsageError(f"there is no journal at {str(path)!r}", "check --journal or -o")
         unknown: list[JobRecord] = []
         try:
@@ -411,7 +411,7 @@ class Cli:
         except (*_GLOBAL_ERRORS, DownloadError) as exc:
             return self.resume_failed(exc)
         if not self.ids:
-            log.info("nothing to resume in %s", path)
+            log.info("nothing to resume in %s", journal_name(path))
         code = self.report()
         if unknown:
             self.unknown_submits(unknown)

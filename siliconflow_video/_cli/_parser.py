@@ -247,11 +247,13 @@ def _add_download_options(parser: argparse.ArgumentParser) -> None:
     _add_json(parser)
 
 
-def journal_path(args: argparse.Namespace) -> Path | None:
-    """The journal a command uses: ``--journal FILE``, else (unless ``--no-journal``) the
-    hidden one in ``-o DIR`` (or ``--download DIR``), else none."""
-    if getattr(args, "journal", None):
-        return Path(args.journal)
+def journal_path(args: argparse.Namespace) -> Path | str | None:
+    """The journal a command uses: ``--journal FILE`` (or a ``postgresql://`` URL, kept as
+    text: a Path would fold its ``//``), else (unless ``--no-journal``) the hidden one in
+    ``-o DIR`` (or ``--download DIR``), else none."""
+    given = getattr(args, "journal", None)
+    if given:
+        return str(given) if "://" in str(given) else Path(given)
     if getattr(args, "no_journal", False):
         return None
     folder = getattr(args, "output", None) or getattr(args, "download", None)

@@ -51,6 +51,7 @@ __all__ = [
     "SubmitIntent",
     "VideoRecord",
     "VideoState",
+    "journal_name",
     "open_journal",
     "read_jobs",
     "strip_query",
@@ -58,6 +59,16 @@ __all__ = [
 ]
 
 _POSTGRES = ("postgres://", "postgresql://", "postgresql+")
+
+
+def journal_name(path_or_url: str | os.PathLike[str]) -> str:
+    """A journal as shown to a person: a path as given, a PostgreSQL URL without its
+    password (and query)."""
+    if _is_postgres(path_or_url):
+        from ._pgschema import shown_url
+
+        return shown_url(os.fspath(path_or_url))
+    return os.fspath(path_or_url)
 
 
 def _is_postgres(path_or_url: str | os.PathLike[str]) -> bool:

@@ -164,7 +164,8 @@ class Target:
 _URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]*:)[^@\s]*@")
 
 
-def _naive_shown(url: str) -> str:
+def shown_url(url: str) -> str:
+    """A PostgreSQL URL as shown to a person: no password, no query."""
     return _URL_PASSWORD.sub(lambda m: m.group(1)[:-1] + "@", url).split("?", 1)[0]
 
 
@@ -179,15 +180,15 @@ def parse_url(url: str) -> Target:
     except ImportError:
         raise JournalUnavailableError(
             "a PostgreSQL journal needs psycopg: pip install 'siliconflow-video[postgres]'",
-            path=_naive_shown(url),
+            path=shown_url(url),
         ) from None
     try:
         params = conninfo_to_dict(text)
     except psycopg.Error:
         raise JournalUnavailableError(
-            f"{_naive_shown(url)!r} is not a PostgreSQL URL; write "
+            f"{shown_url(url)!r} is not a PostgreSQL URL; write "
             "postgresql://USER[:PASSWORD]@HOST:PORT/DB",
-            path=_naive_shown(url),
+            path=shown_url(url),
         ) from None
     user = str(params.get("user") or os.environ.get("PGUSER") or getpass.getuser())
     host = str(params.get("host") or os.environ.get("PGHOST") or "localhost")

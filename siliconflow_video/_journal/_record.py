@@ -22,7 +22,15 @@ from pathlib import Path
 
 from .._exceptions import JobFailedError, LeaseHeldError, SiliconFlowError, WaitTimeoutError
 from .._logging import logger
-from .._models import Outcome, VideoFile, VideoStatus
+from .._models import (
+    Outcome,
+    Status,
+    Timings,
+    Video,
+    VideoFile,
+    VideoResults,
+    VideoStatus,
+)
 from ._base import JobRecord, JobState, Journal, Lease
 
 __all__ = ["JournalRecord", "Recorder"]
@@ -76,8 +84,10 @@ class Recorder:
 class JournalRecord(Recorder):
     """Records one batch into ``journal``."""
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, *, sha256: bool = False) -> None:
         self.journal = journal
+        # Outcomes must carry each file's digest: a journal entry without one is re-read.
+        self.sha256 = sha256
         # Job keys whose lease we hold or asked for: added before the claim is awaited, so
         # that a claim committed under a cancellation is still given back.
         self.claimed: set[str] = set()
@@ -185,7 +195,8 @@ class JournalRecord(Recorder):
         if rid is None:
             return None
         if record.state is JobState.FAILED and record.remote_status == "Failed":
-            return Outcome(rid, None, (), JobFailedError(rid, record.remote_reason))
+            failed = VideoStatus(rid, Status.FAILED, record.remote_reason)
+            return Outcome(rid, failed, (), JobFailedError(rid, record.remote_reason))
         if record.state is not JobState.DONE or not record.videos:
             return None
         files: list[VideoFile] = []
@@ -196,12 +207,34 @@ class JournalRecord(Recorder):
                 stale.append(video.index)  # gone or changed since: fetch it again
                 continue
             files.append(VideoFile(Path(video.path), size, video.sha256, True, video.index))
+        if record.dest != _absolute(self.dest) or (
+            self.sha256 and any(video.sha256 is None for video in record.videos)
+        ):
+            # Asked into another folder (fetched there, never reported from one the caller
+            # did not name), or for digests the journal lacks (the files are re-read).
+            stale = [video.index for video in record.videos]
         if not stale:
-            return Outcome(rid, None, tuple(files), None)
+            return Outcome(rid, _status_of(record), tuple(files), None)
         # Another process holding the id is at it already: it is waited for like any held id.
         with contextlib.suppress(LeaseHeldError):
             await self.journal.reopen(record.job_key, stale)
         return None
+
+
+def _status_of(record: JobRecord) -> VideoStatus | None:
+    """The ``Succeed`` answer the journal recorded (its URLs as last seen, long expired
+    perhaps): what the outcome of a job done in an earlier run reports."""
+    if record.request_id is None or any(video.url is None for video in record.videos):
+        return None
+    results = VideoResults(
+        videos=tuple(Video(url=video.url) for video in record.videos if video.url is not None),
+        timings=Timings(inference=record.inference_s),
+    )
+    return VideoStatus(record.request_id, Status.SUCCEED, None, results)
+
+
+def _absolute(dest: Path) -> str:
+    return os.path.abspath(dest)  # as the journal records a folder
 
 
 def _size_of(path: str) -> int | None:
