@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from siliconflow_video.testing import ConnectionReset, FakeSiliconFlow, SlowBody
+from siliconflow_video.testing import ConnectionReset, FakeSiliconFlow, SlowBody, TruncatedJSON
 
 from .conftest import immutable
 from .test_cli import (
@@ -331,6 +331,32 @@ def test_a_submit_whose_answer_was_lost_is_never_sent_again(
     assert resumed.returncode == 1
     assert "submit_unknown" in resumed.stderr
     assert len(server.requests_for("submit")) == sent
+
+
+def test_a_garbled_submit_answer_reads_submit_unknown_not_failed(
+    server: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """A submit answered with broken JSON (the job was made) is reported as the journal
+    has it, submit_unknown, never "failed": a person who trusts "failed" would pay twice."""
+    file = prompts(
+        tmp_path / "p.jsonl",
+        {"model": MODEL, "prompt": "garbled", "key": "g"},
+    )
+    journal = tmp_path / "j.db"
+    server.add_fault("submit", TruncatedJSON(), times=1)
+    proc = cli(
+        "submit",
+        "--from-file",
+        str(file),
+        "--journal",
+        str(journal),
+        "--json",
+        env=env_for(server),
+    )
+    [row] = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert row["result"] == "submit_unknown", proc.stdout
+    [job] = jobs_json("--journal", str(journal))
+    assert job["state"] == "submit_unknown"
 
 
 def test_one_submit_with_a_journal_records_it(server: FakeSiliconFlow, tmp_path: Path) -> None:

@@ -590,6 +590,13 @@ class Cli:
                         tasks.create_task(submits.one(line))
                 results = submits.results
                 if submits.stopped is not None:
+                    if any(rid is not None for _, rid, _ in results):
+                        log.info(
+                            "the jobs submitted are in the journal: get their videos with "
+                            "siliconflow-video resume --journal %s; the lines not sent go "
+                            "with the same command run again",
+                            journal_name(journal_file),
+                        )
                     raise submits.stopped
                 rids = list(dict.fromkeys(rid for _, rid, _ in results if rid is not None))
                 errors = [err for _, _, err in results if err is not None]
@@ -755,6 +762,7 @@ class _Submits:
             return
         async with self.slots:
             if self.stopped is not None:
+                self.report(line, "not_sent", None)  # a rerun with the same journal sends it
                 return
             try:
                 rid = await self.client.submit(**line.fields, dest=self.dest, submit_key=line.key)
@@ -769,7 +777,9 @@ class _Submits:
                 self.report(line, state, None, exc)
                 return
             except SiliconFlowError as exc:
-                self.report(line, "failed", None, exc)
+                # "failed" only when the journal knows no job was made; a POST that may
+                # have reached SiliconFlow reads submit_unknown (never to be resent by hand).
+                self.report(line, await self.state_of(line.key), None, exc)
                 return
         self.report(line, "submitted", rid)
 
