@@ -57,6 +57,7 @@ from ._journal import (
     Recorder,
     open_journal,
 )
+from ._learning import RunTimes
 from ._logging import logger
 from ._models import (
     Naming,
@@ -222,6 +223,7 @@ class AsyncClient:
         )
         self._journal_opened = not self._owns_journal
         self._journal_lock = asyncio.Lock()
+        self._learned_loaded = False
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -253,6 +255,7 @@ class AsyncClient:
                 if self._owns_session and self._session is not None:
                     await self._session.close()
             finally:
+                await self._save_learned()
                 if self._owns_journal and self._journal is not None and self._journal_opened:
                     await self._journal.aclose()
 
@@ -265,7 +268,40 @@ class AsyncClient:
             if not self._journal_opened:
                 await self._journal.open()
                 self._journal_opened = True
+            if not self._learned_loaded:
+                self._learned_loaded = True
+                await self._load_learned(self._journal)
         return self._journal
+
+    async def _load_learned(self, journal: Journal) -> None:
+        """Take up what an earlier process learned of run times (kept in its journal)."""
+        kept = await journal.load_value(_LEARNED)
+        if kept is None or self._poller.learned.to_dict()["samples"]:
+            return  # nothing kept, or this client has learned on its own already
+        try:
+            self._poller.learned = RunTimes.from_dict(json.loads(kept))
+        except (ValueError, TypeError, AttributeError) as exc:
+            logger.warning("journal: the run times kept there are unreadable: %s", exc)
+
+    async def _save_learned(self) -> None:
+        """Keep what the poller learned in the journal, for the next process."""
+        journal = self._journal
+        if journal is None or not self._journal_opened or journal.read_only:
+            return
+        learned = self._poller.learned.to_dict()
+        if not learned["samples"]:
+            return
+        try:
+            await journal.save_value(_LEARNED, json.dumps(learned))
+        except SiliconFlowError as exc:  # worth a warning, never an outcome
+            logger.warning("journal: could not keep the learned run times: %s", exc)
+
+    @property
+    def learned(self) -> dict[str, Any]:
+        """What the poller has learned of run times, as plain data: ``{"version": 1,
+        "samples": {key: [seconds, ...]}}`` (a key is a model and size; ``""`` pools every job).
+        With a journal it is kept there when the client closes and taken up by the next."""
+        return self._poller.learned.to_dict()
 
     @property
     def rate_stats(self) -> GovernorStats:
@@ -726,6 +762,10 @@ def _result(request_id: str, future: asyncio.Future[VideoStatus]) -> WaitResult:
     if status.status is Status.FAILED:
         return WaitResult(request_id, status, JobFailedError(request_id, status.reason))
     return WaitResult(request_id, status, None)
+
+
+#: The journal value that keeps the poller's learned run times.
+_LEARNED = "poll.learned"
 
 
 async def _record_submitted(journal: Journal, job_key: str, request_id: str) -> None:

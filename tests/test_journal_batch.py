@@ -434,3 +434,19 @@ async def test_a_journal_shared_across_folders_downloads_into_the_one_asked(
     assert second.ok
     assert second.paths[0].parent == tmp_path / "b"
     assert second.paths[0].read_bytes() == fake.video_bytes(rid)
+
+
+async def test_what_the_poller_learned_survives_a_restart(
+    fake: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """Run times learned by one client are kept in its journal when it closes, and taken
+    up by the next client on that journal, so it polls as learned from its first job."""
+    journal = tmp_path / "jobs.db"
+    ids = [fake.add_job(run_seconds=0.3, inference=0.3) for _ in range(4)]
+    async with make_client(fake, journal=journal) as client:
+        await client.wait_and_download(ids, tmp_path / "v")
+        learned = client.learned
+    assert learned["samples"]
+    async with make_client(fake, journal=journal) as client:
+        await client.journal()
+        assert client.learned == learned

@@ -460,5 +460,13 @@ class Journal(abc.ABC):
         """One job by its key; raise ``UnknownJobError`` if there is none."""
 
     @abc.abstractmethod
+    async def load_value(self, name: str) -> str | None:
+        """A value the client keeps across restarts (what its poller learned), or None."""
+
+    @abc.abstractmethod
+    async def save_value(self, name: str, value: str) -> None:
+        """Keep ``value`` under ``name``, replacing what was there."""
+
+    @abc.abstractmethod
     async def find(self, request_id: str) -> JobRecord | None:
         """The job with this requestId, if journaled."""

@@ -647,6 +647,30 @@ class SQLJournal(Journal):
     async def find(self, request_id: str) -> JobRecord | None:
         return await self._read(lambda tx: find_job(tx, request_id))
 
+    # -- values kept for the client (what the poller learned) ---------------------------------
+
+    async def load_value(self, name: str) -> str | None:
+        def run(tx: Tx) -> Step[str | None]:
+            row = yield tx.one("SELECT value FROM meta WHERE key = ?", _value_key(name))
+            return None if row is None else str(row["value"])
+
+        return await self._read(run)
+
+    async def save_value(self, name: str, value: str) -> None:
+        def run(tx: Tx) -> Step[None]:
+            yield tx.run(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                _value_key(name),
+                value,
+            )
+
+        await self._write(run)
+
+
+def _value_key(name: str) -> str:
+    return f"value:{name}"  # apart from the schema's own keys (application, version)
+
 
 def _nothing(tx: Tx) -> Step[None]:
     return
