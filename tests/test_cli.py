@@ -28,6 +28,8 @@ import pytest
 
 from siliconflow_video.testing import ExpiredURL, FakeSiliconFlow, SlowBody, not_found
 
+from .conftest import small_tmpfs
+
 KEY = "sk-cli-test-8f3a1c77e2d94b0bb1a6"
 MiB = 1024 * 1024
 DOWNLOAD_KEYS = {"request_id", "status", "reason", "paths", "sha256", "files", "error"}
@@ -95,24 +97,6 @@ def closed_port_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}/v1"
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, *options: str) -> Iterator[Path]:
-    path.mkdir()
-    opts = ",".join(("size=1m", *options))
-    try:
-        mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True
-        )
-    except OSError:
-        pytest.skip("no mount command")
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=False)
 
 
 # --- download ---------------------------------------------------------------------------------
@@ -452,6 +436,8 @@ def test_disk_full(server: FakeSiliconFlow, tmp_path: Path) -> None:
     """A 2 MiB video into a 1 MiB tmpfs: exit 1, one 'disk full' line, no final file."""
     rid = server.add_job(videos=[2 * MiB])
     with small_tmpfs(tmp_path / "small") as small:
+        if small is None:
+            pytest.skip("cannot mount a tmpfs here")
         proc = cli("download", rid, "-o", str(small), env=env_for(server))
         assert proc.returncode == 1
         assert_clean(proc)
@@ -464,12 +450,14 @@ def test_folder_without_write_permission(server: FakeSiliconFlow, tmp_path: Path
     """A folder that cannot be written: exit 1 and one line (read-only mount as root)."""
     rid = server.add_job()
     if os.geteuid() == 0:
-        ctx: contextlib.AbstractContextManager[Path] = small_tmpfs(tmp_path / "ro", "ro")
+        ctx: contextlib.AbstractContextManager[Path | None] = small_tmpfs(tmp_path / "ro", "ro")
     else:
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o555)
         ctx = contextlib.nullcontext(locked)
     with ctx as folder:
+        if folder is None:
+            pytest.skip("cannot mount a read-only tmpfs here")
         proc = cli("download", rid, "-o", str(folder), env=env_for(server))
     assert proc.returncode == 1
     assert_clean(proc)
