@@ -656,6 +656,18 @@ def test_journal_errors_are_siliconflow_errors() -> None:
 # -- scale and secrets -----------------------------------------------------------------------
 
 
+async def test_accept_known_returns_only_jobs_journaled_before(make: Make) -> None:
+    """accept_known records every id like accept, but returns only those journaled before
+    the call: a fresh batch of ids costs no records."""
+    async with make() as journal:
+        assert await journal.accept_known(["a", "b"], dest="/v") == {}
+        await journal.succeeded("a", [SIGNED])
+        known = await journal.accept_known(["a", "b", "c"], dest="/v")
+        assert sorted(known) == ["a", "b"]
+        assert known["a"].state is JobState.DOWNLOADING
+        assert [job.request_id for job in await journal.jobs()] == ["a", "b", "c"]
+
+
 async def test_ten_thousand_ids_never_block_the_loop(make: Make) -> None:
     """Recording 10,000 ids in one call leaves the event loop free while the journal
     works: another coroutine keeps running meanwhile. (How long the loop is held at worst

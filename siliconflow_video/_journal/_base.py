@@ -348,6 +348,14 @@ class Journal(abc.ABC):
         journaled keep their row. Returns each id's job, in the order given."""
 
     @abc.abstractmethod
+    async def accept_known(
+        self, request_ids: Iterable[str], *, dest: str | os.PathLike[str]
+    ) -> dict[str, JobRecord]:
+        """``accept``, returning only the jobs journaled before this call (by requestId):
+        a new id's job is plain ``waiting`` under its own key, and 10,000 of them are not
+        worth 10,000 records (what the pipeline calls)."""
+
+    @abc.abstractmethod
     async def begin_submit(
         self,
         payload: Mapping[str, Any],

@@ -48,6 +48,7 @@ from ._ops import (
     jobs_by_request_id,
     lease_holder,
     live,
+    older_jobs,
     one_job,
     rearm,
     register_owner,
@@ -225,7 +226,20 @@ class SQLJournal(Journal):
         ids = list(dict.fromkeys(check_id(rid) for rid in request_ids))
         where = normalize_dest(dest)
 
-        def run(tx: Tx) -> Step[list[JobRecord]]:
+        return await self._write(self._accepting(ids, where, model, known=False))
+
+    async def accept_known(
+        self, request_ids: Iterable[str], *, dest: str | os.PathLike[str]
+    ) -> dict[str, JobRecord]:
+        if isinstance(request_ids, str):
+            raise TypeError("request_ids must be a list of ids, not one string")
+        ids = list(dict.fromkeys(check_id(rid) for rid in request_ids))
+        return await self._write(self._accepting(ids, normalize_dest(dest), None, known=True))
+
+    def _accepting(
+        self, ids: list[str], where: str, model: str | None, *, known: bool
+    ) -> Callable[[Tx], Step[Any]]:
+        def run(tx: Tx) -> Step[Any]:
             # Set-wise, in the order given; an id already journaled keeps its row (and
             # one being accepted by another process right now is waited for, not doubled).
             # One id (the pipeline's usual call) without a list parameter: cheaper.
@@ -243,7 +257,7 @@ class SQLJournal(Journal):
                 given,
             )
             if inserted == len(ids):  # all new: none to wait for again
-                return (yield from jobs_by_request_id(tx, ids))
+                return {} if known else (yield from jobs_by_request_id(tx, ids))
             again = yield tx.all(
                 "SELECT job_key FROM jobs WHERE request_id"
                 + (" = ?" if one else tx.dialect.in_list)
@@ -252,9 +266,11 @@ class SQLJournal(Journal):
             )
             for row in again:
                 yield from rearm(tx, row["job_key"])
+            if known:  # only the rows journaled before this call: the new ones are plain
+                return {job.request_id: job for job in (yield from older_jobs(tx, ids))}
             return (yield from jobs_by_request_id(tx, ids))
 
-        return await self._write(run)
+        return run
 
     async def begin_submit(
         self,

@@ -167,6 +167,17 @@ def jobs_by_request_id(tx: Tx, ids: list[str]) -> Step[list[JobRecord]]:
     return [by_id[rid] for rid in ids]
 
 
+def older_jobs(tx: Tx, ids: list[str]) -> Step[list[JobRecord]]:
+    """Those of ``ids`` journaled before this transaction (rows it inserted have its time)."""
+    if len(ids) == 1:
+        where, params = "j.request_id = ? AND j.created_at < ?", (ids[0], tx.now)
+    else:
+        where = f"j.request_id{tx.dialect.in_list} AND j.created_at < ?"
+        params = (tx.dialect.each_param(ids), tx.now)
+    found: list[JobRecord] = yield from select_jobs(tx, where=where, params=params)
+    return found
+
+
 def set_state(
     tx: Tx, job_key: str, state: JobState, error: ErrorInfo | None, *, finished: bool = False
 ) -> Step[None]:

@@ -100,9 +100,9 @@ class JournalRecord(Recorder):
 
     async def accept(self, request_ids: list[str], dest: Path) -> dict[str, Outcome]:
         self.dest = dest
-        records = await self.journal.accept(request_ids, dest=dest)
+        records = await self.journal.accept_known(request_ids, dest=dest)
         known: dict[str, Outcome] = {}
-        for record in records:
+        for record in records.values():
             if record.request_id is not None:
                 self.keys[record.request_id] = record.job_key
             outcome = await self._outcome_of(record)
