@@ -275,7 +275,11 @@ class AsyncClient:
 
     async def _load_learned(self, journal: Journal) -> None:
         """Take up what an earlier process learned of run times (kept in its journal)."""
-        kept = await journal.load_value(_LEARNED)
+        try:
+            kept = await journal.load_value(_LEARNED)
+        except SiliconFlowError as exc:  # learning again from scratch is no failure
+            logger.warning("journal: could not read the learned run times: %s", exc)
+            return
         if kept is None or self._poller.learned.to_dict()["samples"]:
             return  # nothing kept, or this client has learned on its own already
         try:
