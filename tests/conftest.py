@@ -4,9 +4,11 @@ video-host session as the client builds it, and the real disk faults this machin
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -92,3 +94,31 @@ def immutable(folder: Path) -> Iterator[bool]:
         yield True
     finally:
         subprocess.run([chattr, "-i", str(folder)], check=True, timeout=10)
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a child process of the tests: no SiliconFlow settings of ours."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SILICONFLOW_")}
+
+
+@contextlib.contextmanager
+def reaped(*procs: subprocess.Popen[str]) -> Iterator[None]:
+    """Never leave a child behind, whatever the test does."""
+    try:
+        yield
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.communicate(timeout=10)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait (polling every 10 ms) until ``condition()``; fail naming ``what`` after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import siliconflow_video as sv
 from siliconflow_video.testing import ConnectionReset, FakeSiliconFlow, SlowBody, TruncatedJSON
 
 from .conftest import immutable
@@ -93,7 +94,17 @@ def test_a_killed_download_resumes_from_its_folder(server: FakeSiliconFlow, tmp_
     try:
         part = out / f"{slow}_0.mp4.part"
         deadline = time.monotonic() + 30
-        while not (part.exists() and part.stat().st_size > 0 and (out / f"{quick}_0.mp4").exists()):
+
+        def quick_recorded() -> bool:
+            # The journal records a video done just after its rename: wait for the record,
+            # not the file, or the kill may fall between the two.
+            try:
+                jobs = sv.read_jobs(out / JOURNAL)
+            except sv.JournalError:  # not there yet, or being created
+                return False
+            return any(job.request_id == quick and job.state is sv.JobState.DONE for job in jobs)
+
+        while not (part.exists() and part.stat().st_size > 0 and quick_recorded()):
             assert time.monotonic() < deadline, "the download never started"
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)

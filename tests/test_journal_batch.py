@@ -7,7 +7,6 @@ Real processes are killed for real; every request goes over loopback HTTP to the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -15,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import pytest
 import siliconflow_video as sv
 from siliconflow_video.testing import FakeSiliconFlow, Slow, SlowBody
 
-from .conftest import FAST_DOWNLOAD, FAST_RETRY, make_client
+from .conftest import FAST_DOWNLOAD, FAST_RETRY, child_env, make_client, reaped, wait_until
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -74,10 +72,6 @@ CHILD = textwrap.dedent(
 )
 
 
-def child_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("SILICONFLOW_")}
-
-
 def start(script: Path, fake: FakeSiliconFlow, **cfg: Any) -> subprocess.Popen[str]:
     cfg = {"api_key": KEY, "base_url": fake.base_url, **cfg}
     return subprocess.Popen(
@@ -96,30 +90,9 @@ def finish(proc: subprocess.Popen[str]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines()]
 
 
-@contextlib.contextmanager
-def reaped(*procs: subprocess.Popen[str]) -> Iterator[None]:
-    """Never leave a child behind, whatever the test does."""
-    try:
-        yield
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.communicate(timeout=10)
-
-
 def kill_9(proc: subprocess.Popen[str]) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=10) == -signal.SIGKILL
-
-
-def wait_until(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def assert_whole(fake: FakeSiliconFlow, outcome: sv.Outcome) -> None:

@@ -61,7 +61,7 @@ from siliconflow_video.testing import (
     server_error,
 )
 
-from .conftest import immutable, make_client, small_tmpfs
+from .conftest import child_env, immutable, make_client, reaped, small_tmpfs, wait_until
 
 KEY = "sk-reliability-5d0c9e2a41b7"
 KIB = 1024
@@ -112,10 +112,6 @@ def open_part_descriptors() -> list[str]:
                 if target.endswith(".part"):
                     found.append(target)
     return found
-
-
-def child_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("SILICONFLOW_")}
 
 
 # A download run in its own process: prints one JSON line per outcome. With "ready"/"go"
@@ -189,27 +185,6 @@ def start_worker(
         stdin=subprocess.DEVNULL,
         text=True,
     )
-
-
-@contextlib.contextmanager
-def reaped(*procs: subprocess.Popen[str]) -> Iterator[None]:
-    """Never leave a child behind, whatever the test does."""
-    try:
-        yield
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.communicate(timeout=10)
-
-
-def wait_until(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 # --- soak ----------------------------------------------------------------------------------
