@@ -42,6 +42,7 @@ from ._exceptions import (
     RateLimitError,
     ServerError,
     SiliconFlowError,
+    StorageError,
     SubmitUnknownError,
     UnknownJobError,
     UnsafeFileNameError,
@@ -66,6 +67,7 @@ from ._models import (
     ProgressCallback,
     ProgressEvent,
     Status,
+    StoredVideo,
     Timings,
     Video,
     VideoFile,
@@ -74,6 +76,7 @@ from ._models import (
     WaitResult,
 )
 from ._pacing import GovernorStats
+from ._sinks import S3Settings
 from ._version import __version__
 
 __all__ = [
@@ -121,9 +124,12 @@ __all__ = [
     "RateLimitError",
     "RedactingFilter",
     "RetryPolicy",
+    "S3Settings",
     "ServerError",
     "SiliconFlowError",
     "Status",
+    "StorageError",
+    "StoredVideo",
     "SubmitUnknownError",
     "Timings",
     "UnknownJobError",
