@@ -294,7 +294,13 @@ class JournalRecord(Recorder):
             obj = S3Object.parse(path)
         except InvalidDestinationError:
             return None
-        size = await self.object_size(obj)
+        try:
+            size = await self.object_size(obj)
+        except StorageError as exc:
+            # Fetched again then: the upload finds the object if it is there after all,
+            # and otherwise fails as this id's outcome, not the batch's.
+            logger.warning("could not check %s in the store: %s", path, exc)
+            return None
         if size is None or size != video.size:
             return None
         return StoredVideo(obj.bucket, obj.key, size, None, True, video.index)
