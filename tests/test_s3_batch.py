@@ -22,6 +22,7 @@ from siliconflow_video import (
     AsyncClient,
     DownloadError,
     InvalidDestinationError,
+    JournalError,
     Outcome,
     S3Settings,
     StoredVideo,
@@ -33,7 +34,7 @@ from siliconflow_video import (
 from siliconflow_video._sinks import MIN_PART_SIZE
 from siliconflow_video.testing import DropMidBody, FakeSiliconFlow, SlowBody, not_found
 
-from . import _seaweed
+from . import _postgres, _seaweed
 from ._seaweed import BUCKET, WRITER_KEY, WRITER_SECRET, Seaweed
 from .conftest import child_env, make_client, reaped, wait_until
 from .test_cli import json_lines
@@ -41,6 +42,9 @@ from .test_cli import json_lines
 MiB = 1024 * 1024
 PART = MIN_PART_SIZE
 KEY = "sk-s3-batch-test-0123456789"
+
+# The fixtures of a real PostgreSQL (tests/_postgres.py), used by name.
+postgres, pg_database, pg_url = _postgres.postgres, _postgres.pg_database, _postgres.pg_url
 
 
 @pytest.fixture(scope="session")
@@ -266,6 +270,70 @@ async def test_top_level_function_takes_s3_settings(
     assert object_bytes(seaweed, f"{prefix}/{rid}_0.mp4") == fake.video_bytes(rid)
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_journal_keeps_upload_states_per_video(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Both journals keep one upload state per job and video, replaced on each save and
+    gone once cleared; another job's or video's is untouched."""
+    where = request.getfixturevalue("pg_url") if backend == "postgres" else tmp_path / "j"
+    async with open_journal(where) as journal:
+        await journal.accept(["job-a", "job:b"], dest=tmp_path)
+        assert await journal.upload_state("job-a", 0) is None
+        await journal.save_upload_state("job-a", 0, '{"n": 1}')
+        await journal.save_upload_state("job-a", 0, '{"n": 2}')
+        await journal.save_upload_state("job-a", 1, '{"n": 3}')
+        await journal.save_upload_state("job:b", 0, '{"n": 4}')
+    async with open_journal(where) as journal:
+        assert await journal.upload_state("job-a", 0) == '{"n": 2}'
+        await journal.save_upload_state("job-a", 0, None)
+        assert await journal.upload_state("job-a", 0) is None
+        assert await journal.upload_state("job-a", 1) == '{"n": 3}'
+        assert await journal.upload_state("job:b", 0) == '{"n": 4}'
+        await journal.save_upload_state("job-a", 0, None)  # forgetting twice is no error
+
+
+async def test_cancelled_upload_is_continued_by_another_client_through_postgres(
+    fake: FakeSiliconFlow, seaweed: Seaweed, prefix: str, pg_url: str
+) -> None:
+    """A batch cancelled mid-upload (as a worker stopped) leaves its upload open and
+    recorded in a PostgreSQL journal; another client then asks the video host from the
+    next part boundary and completes that same upload."""
+    size = 3 * PART + 999
+    rid = fake.add_job(videos=[size])
+    fake.add_fault("video", SlowBody(4 * MiB), times=1, request_id=rid)
+    dest = f"s3://{BUCKET}/{prefix}"
+    async with make_client(fake, s3=settings(seaweed), journal=pg_url) as first:
+        journal = await first.journal()
+        assert journal is not None
+        task = asyncio.create_task(first.wait_and_download([rid], dest))
+        while (kept := await journal.upload_state(rid, 0)) is None or not json.loads(kept)["parts"]:
+            assert not task.done(), task
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert open_uploads(seaweed, prefix) != []
+    fake.clear_log()
+    async with make_client(fake, s3=settings(seaweed), journal=pg_url) as second:
+        [outcome] = await second.wait_and_download([rid], dest)
+        journal = await second.journal()
+        assert journal is not None
+        assert await journal.upload_state(rid, 0) is None
+    assert outcome.ok, outcome.error
+    # The cancelled request may be logged after clear_log (when its response ends): the
+    # second client's requests are those after its status call.
+    began = fake.requests_for("status", rid)[0].time
+    [first_range, *_] = [
+        r.headers.get("Range") or "" for r in fake.requests_for("video", rid) if r.time > began
+    ]
+    start = int(first_range.removeprefix("bytes=").split("-")[0] or 0)
+    assert start > 0, first_range
+    assert start % PART == 0, first_range
+    assert object_bytes(seaweed, f"{prefix}/{rid}_0.mp4") == fake.video_bytes(rid)
+    assert open_uploads(seaweed, prefix) == []
+
+
 # --- a process killed mid-upload, then resume -----------------------------------------------
 
 
@@ -291,8 +359,11 @@ def recorded_parts(journal: Path, rid: str) -> int:
     """How many parts the journal records for the video's upload (0: none yet)."""
 
     async def read() -> int:
-        async with open_journal(journal, read_only=True) as j:
-            kept = await j.upload_state(rid, 0)
+        try:
+            async with open_journal(journal, read_only=True) as j:
+                kept = await j.upload_state(rid, 0)
+        except JournalError:  # the child is still creating it
+            return 0
         return 0 if kept is None else len(json.loads(kept)["parts"])
 
     return asyncio.run(read())
@@ -343,9 +414,14 @@ def test_killed_mid_upload_resume_continues_from_the_recorded_parts(
     assert outcome.ok, outcome.error
     [video] = stored(outcome)
     assert (video.size, video.reused) == (size, False)
-    ranges = [r.headers.get("Range") for r in server.requests_for("video", rid)]
+    # The killed child's request may be logged after clear_log (when the server notices
+    # the reset): resume's requests are those after its status call.
+    began = server.requests_for("status", rid)[0].time
+    ranges = [
+        r.headers.get("Range") or "" for r in server.requests_for("video", rid) if r.time > began
+    ]
     assert ranges, "resume fetched nothing"
-    start = int(ranges[0].removeprefix("bytes=").split("-")[0])  # type: ignore[union-attr]
+    start = int(ranges[0].removeprefix("bytes=").split("-")[0] or 0)
     assert start > 0, ranges
     assert start % part == 0, ranges
     assert object_bytes(seaweed, video.key) == server.video_bytes(rid)
