@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -109,10 +110,16 @@ def stored(outcome: Outcome) -> list[StoredVideo]:
 
 
 async def test_batch_into_s3_byte_for_byte(
-    fake: FakeSiliconFlow, seaweed: Seaweed, prefix: str, tmp_path: Path
+    fake: FakeSiliconFlow,
+    seaweed: Seaweed,
+    prefix: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Every video of every job becomes PREFIX/{requestId}_{index}.mp4 in the bucket, byte
-    for byte (multi-part and single-part), reported as objects; no upload is left open."""
+    for byte (multi-part and single-part), reported as objects; no upload is left open,
+    and the secret is in no repr and no log line."""
+    caplog.set_level(logging.DEBUG)
     a = fake.add_job(videos=[2 * PART + 12_345, 1000])
     b = fake.add_job(queue_seconds=0.2, videos=[70_000])
     async with make_client(fake, s3=settings(seaweed), journal=tmp_path / "j") as client:
@@ -131,6 +138,8 @@ async def test_batch_into_s3_byte_for_byte(
             assert object_bytes(seaweed, f.key) == fake.video_bytes(rid, f.index)
     assert outcomes[0].locations == [f.location for f in outcomes[0].files]
     assert open_uploads(seaweed, prefix) == []
+    assert "uploaded part" in caplog.text  # the log was on
+    assert WRITER_SECRET not in caplog.text
     jobs = {j.request_id: j for j in read_jobs(tmp_path / "j")}
     assert jobs[a].state == "done"
     assert jobs[a].dest == f"s3://{BUCKET}/{prefix}/"
