@@ -72,7 +72,10 @@ def journal_name(path_or_url: str | os.PathLike[str]) -> str:
 
 
 def _is_postgres(path_or_url: str | os.PathLike[str]) -> bool:
-    return os.fspath(path_or_url).startswith(_POSTGRES)
+    from ._pgschema import is_keywords  # libpq's "host=H dbname=D password=W" form
+
+    text = os.fspath(path_or_url)
+    return text.startswith(_POSTGRES) or is_keywords(text)
 
 
 def _sqlite_path(path_or_url: str | os.PathLike[str]) -> str:

@@ -20,6 +20,7 @@ import functools
 import getpass
 import os
 import re
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,10 +46,12 @@ __all__ = [
     "Target",
     "connect_sync",
     "execute_sync",
+    "is_keywords",
     "is_lost",
     "parse_url",
     "pg_statement",
     "prepare",
+    "shown_url",
     "translate",
 ]
 
@@ -156,22 +159,92 @@ class Target:
     secrets: tuple[str, ...] = attrs.field(repr=False, default=())
 
     def scrub(self, text: str) -> str:
-        """``text`` without any password libpq might have been given."""
-        for secret in self.secrets:
+        """``text`` without any password libpq might have been given (longest first, so
+        that a password holding a shorter one goes whole)."""
+        for secret in sorted(self.secrets, key=len, reverse=True):
             text = text.replace(secret, "***")
+        text = _KEYWORD_PASSWORD.sub(r"\1***", text)
         return _URL_PASSWORD.sub(r"\1***@", text)
 
 
-_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]*:)[^@\s]*@")
+_SCHEMES = ("postgresql://", "postgres://")
+#: A URL's password as an error text might hold one: up to the last '@' of a word.
+_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]*:)\S*@")
+_KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\S+)")
+#: What follows a URL's user and password: hosts and a database with no '@' in them, and
+#: a query of key=value pairs (where an '@' may appear, in a file name).
+_AFTER_USERINFO = re.compile(r"[^/?#@]*(?:/[^?#@]*)?(?:\?[^=&#]+=[^&#]*(?:&[^=&#]+=[^&#]*)*)?")
+#: The keywords of a libpq connection string (``host=... dbname=...``), and a value.
+_KEYWORD = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
+#: What a libpq connection string starts with (any of its usual keywords).
+_FIRST_KEYWORD = re.compile(
+    r"\s*(host|hostaddr|port|dbname|user|password|passfile|service|sslmode|options|"
+    r"application_name|connect_timeout|target_session_attrs)\s*="
+)
+
+
+def is_keywords(text: str) -> bool:
+    """Whether ``text`` is a libpq connection string of keywords (``host=h dbname=d``)."""
+    return bool(_FIRST_KEYWORD.match(text))
+
+
+def _split_url(url: str) -> tuple[str, str | None, str] | None:
+    """A ``postgresql://`` URL as (scheme, its user and password as written, the rest);
+    None if ``url`` is no such URL.
+
+    The user and password end at the first '@' after which the URL reads as hosts and a
+    database (no '@' in them): libpq ends them at the first '@', so a password with an
+    unencoded '@' (``bob:p@ss@host``) or '/' would otherwise become part of the host name,
+    shown in every error. Python's urllib and asyncpg read it so too.
+    """
+    scheme = next((s for s in _SCHEMES if url.startswith(s)), None)
+    if scheme is None:
+        return None
+    rest = url[len(scheme) :]
+    for at, char in enumerate(rest):
+        if char == "@" and _AFTER_USERINFO.fullmatch(rest, at + 1):
+            return scheme, rest[:at], rest[at + 1 :]
+    return scheme, None, rest
+
+
+def _keywords(text: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for key, value in _KEYWORD.findall(text):
+        if value.startswith("'") and value.endswith("'") and len(value) > 1:
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        values[key] = value
+    return values
+
+
+def _name(params: dict[str, Any]) -> str:
+    """``postgresql://user@host:port/db``, libpq's defaults filled in as it does."""
+    user = str(params.get("user") or os.environ.get("PGUSER") or getpass.getuser())
+    host = str(params.get("host") or os.environ.get("PGHOST") or "localhost")
+    port = str(params.get("port") or os.environ.get("PGPORT") or "5432")
+    db = str(params.get("dbname") or os.environ.get("PGDATABASE") or user)
+    return f"postgresql://{user}@{host}:{port}/{db}"
 
 
 def shown_url(url: str) -> str:
-    """A PostgreSQL URL as shown to a person: no password, no query."""
-    return _URL_PASSWORD.sub(lambda m: m.group(1)[:-1] + "@", url).split("?", 1)[0]
+    """A PostgreSQL URL (or connection string) as shown to a person: no password, no
+    query. A URL that cannot be read shows nothing before its last '@'."""
+    if is_keywords(url):
+        return _name(_keywords(url))
+    text = "postgresql://" + url.split("://", 1)[-1] if url.startswith("postgresql+") else url
+    split = _split_url(text)
+    if split is None:
+        return url.rsplit("@", 1)[-1].split("?", 1)[0]
+    scheme, userinfo, rest = split
+    if userinfo is None:
+        # Unreadable if an '@' is left: whatever is before it may be secret.
+        return scheme + "...@" + rest.rsplit("@", 1)[-1] if "@" in rest else url.split("?")[0]
+    user = urllib.parse.quote(urllib.parse.unquote(userinfo.partition(":")[0]), safe="")
+    return f"{scheme}{user}@{rest.split('?', 1)[0]}"
 
 
 def parse_url(url: str) -> Target:
-    """The ``Target`` of a ``postgresql://`` (or ``postgres://``) URL."""
+    """The ``Target`` of a ``postgresql://`` (or ``postgres://``) URL, or of a libpq
+    connection string (``host=H port=P user=U password=W dbname=D``)."""
     text = url
     if text.startswith("postgresql+"):  # as SQLAlchemy spells a driver: postgresql+psycopg://
         text = "postgresql://" + text.split("://", 1)[-1]
@@ -183,24 +256,29 @@ def parse_url(url: str) -> Target:
             "a PostgreSQL journal needs psycopg: pip install 'siliconflow-video[postgres]'",
             path=shown_url(url),
         ) from None
+    secrets: list[str] = []
+    scheme, userinfo, rest = _split_url(text) or ("", None, "")
+    if userinfo is not None:
+        user, colon, written = userinfo.partition(":")
+        password = urllib.parse.unquote(written)
+        secrets += [written, password, urllib.parse.quote(password, safe="")]
+        # Given to libpq encoded, so that it reads the user and password meant.
+        text = f"{scheme}{urllib.parse.quote(urllib.parse.unquote(user), safe='')}"
+        text += f":{urllib.parse.quote(password, safe='')}@{rest}" if colon else f"@{rest}"
     try:
         params = conninfo_to_dict(text)
-    except psycopg.Error:
+    except psycopg.Error:  # its text may quote the password: not passed on
+        form = "connection string" if is_keywords(url) else "URL"
         raise JournalUnavailableError(
-            f"{shown_url(url)!r} is not a PostgreSQL URL; write "
-            "postgresql://USER[:PASSWORD]@HOST:PORT/DB",
+            f"{shown_url(url)!r}: this PostgreSQL {form} cannot be read; write "
+            "postgresql://USER[:PASSWORD]@HOST:PORT/DB (percent-encode any '@', ':', '/' "
+            "or '%' in the user or password, as %40 %3A %2F %25)",
             path=shown_url(url),
         ) from None
-    user = str(params.get("user") or os.environ.get("PGUSER") or getpass.getuser())
-    host = str(params.get("host") or os.environ.get("PGHOST") or "localhost")
-    port = str(params.get("port") or os.environ.get("PGPORT") or "5432")
-    db = str(params.get("dbname") or os.environ.get("PGDATABASE") or user)
-    secrets = tuple(
-        s
-        for s in (params.get("password"), os.environ.get("PGPASSWORD"))
-        if isinstance(s, str) and s
-    )
-    return Target(make_conninfo("", **params), f"postgresql://{user}@{host}:{port}/{db}", secrets)
+    secrets += [
+        s for s in (params.get("password"), os.environ.get("PGPASSWORD")) if isinstance(s, str)
+    ]
+    return Target(make_conninfo("", **params), _name(params), tuple(s for s in set(secrets) if s))
 
 
 # -- errors ------------------------------------------------------------------------------------
