@@ -178,8 +178,11 @@ async def test_a_server_out_of_reach_at_open_is_a_connection_error(
     a plain JournalError that names the user and password as the suspects."""
     role, db = pg_database
     closed = f"postgresql://{role}:{PASSWORD}@127.0.0.1:{_postgres.free_port()}/{db}"
-    with pytest.raises(JournalConnectionError, match="is PostgreSQL running there"):
+    with pytest.raises(JournalConnectionError, match="Is the server running") as caught:
         await PostgresJournal(closed, connect_timeout=2).open()
+    assert "\n" not in str(caught.value)  # one line, as libpq's two are joined
+    with pytest.raises(JournalConnectionError):
+        read_jobs(closed)
     wrong = postgres.url(role, db).replace(PASSWORD, "not-the-password")
     with pytest.raises(JournalError, match="user and password") as caught:
         await PostgresJournal(wrong).open()

@@ -28,6 +28,7 @@ import attrs
 
 from .._exceptions import (
     JournalBusyError,
+    JournalConnectionError,
     JournalCorruptError,
     JournalError,
     JournalForeignError,
@@ -44,6 +45,7 @@ __all__ = [
     "PG_SCHEMA_VERSION",
     "Lost",
     "Target",
+    "connect_error",
     "connect_sync",
     "execute_sync",
     "is_keywords",
@@ -290,7 +292,8 @@ _BUSY = frozenset({"40P01", "40001", "55P03"})
 def translate(exc: Exception, target: Target) -> JournalError:
     """The typed error for a psycopg failure on the journal at ``target``."""
     state = str(getattr(exc, "sqlstate", None) or "")
-    text = target.scrub(str(exc).strip()) or type(exc).__name__
+    # One line (libpq's messages hold newlines and tabs), without any password.
+    text = " ".join(target.scrub(str(exc)).split()) or type(exc).__name__
     where = f"journal {target.shown!r}"
     path = target.shown
     if state in _BUSY:
@@ -319,6 +322,22 @@ def translate(exc: Exception, target: Target) -> JournalError:
         )
     suffix = f" [SQLSTATE {state}]" if state else ""
     return JournalError(f"{where}: {text}{suffix}", path=path)
+
+
+def connect_error(exc: Exception, target: Target) -> JournalError:
+    """The typed error for a failed connection attempt: the server out of reach
+    (``JournalConnectionError``), or refusing the user or password."""
+    error = translate(exc, target)
+    if type(error) is not JournalError:
+        return error
+    text = str(exc)
+    if "authentication" in text or "password" in text:  # libpq's words; it gives no SQLSTATE
+        return JournalError(
+            f"cannot connect to the journal: {error}; are the user and password right?",
+            path=error.path,
+        )
+    hint = "" if "Is the server running" in text else "; is PostgreSQL running there?"
+    return JournalConnectionError(f"cannot connect to the journal: {error}{hint}", path=error.path)
 
 
 def is_lost(exc: Exception, broken: bool) -> bool:
@@ -357,7 +376,7 @@ def connect_sync(target: Target) -> Any:
             application_name="siliconflow-video",
         )
     except psycopg.Error as exc:
-        raise translate(exc, target) from None
+        raise connect_error(exc, target) from None
     try:
         conn.execute("SET default_transaction_read_only = on")
     except psycopg.Error as exc:
@@ -389,7 +408,7 @@ def execute_sync(conn: Any, target: Target, query: Q) -> Any:
         return cursor.rowcount
     except psycopg.Error as exc:
         if is_lost(exc, conn.broken or conn.closed):
-            raise Lost(target.scrub(str(exc).strip())) from None
+            raise Lost(" ".join(target.scrub(str(exc)).split())) from None
         raise translate(exc, target) from None
 
 

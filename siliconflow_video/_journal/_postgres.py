@@ -29,9 +29,11 @@ Reconnects
     seconds; a connection that comes back only to be lost again does not start the count
     anew (only a batch that gets through does). Past it, every change waiting and every
     new one gets ``JournalConnectionError`` ("this change was not made") after one more
-    connection attempt each (at most ``connect_timeout``), until the server answers
-    again; then the same journal object goes on, with every write acknowledged before.
-    So a call waits at most about ``reconnect_timeout + connect_timeout``.
+    connection attempt each, until the server answers again; then the same journal
+    object goes on, with every write acknowledged before. So a call waits at most
+    ``reconnect_timeout`` plus two connection attempts (each at most ``connect_timeout``;
+    a host that refuses the connection answers at once): the last attempt of the batch
+    ahead of it, and its own.
 """
 
 from __future__ import annotations
@@ -50,7 +52,16 @@ from psycopg.rows import dict_row
 from .._exceptions import ConfigurationError, JournalConnectionError, JournalError
 from .._logging import logger
 from ._core import SQLJournal
-from ._pgschema import Lost, Target, is_lost, parse_url, pg_statement, prepare, translate
+from ._pgschema import (
+    Lost,
+    Target,
+    connect_error,
+    is_lost,
+    parse_url,
+    pg_statement,
+    prepare,
+    translate,
+)
 from ._sql import POSTGRES, Q, Tx, drive_async
 from ._writer import MAX_BATCH, BatchRun, Kind, Op, Queue, only_notes, send
 
@@ -112,7 +123,7 @@ class PostgresJournal(SQLJournal):
                 application_name="siliconflow-video",
             )
         except psycopg.Error as exc:
-            raise _unreachable(exc, self._target) from None
+            raise connect_error(exc, self._target) from None
         try:
             await conn.execute(f"SET lock_timeout = {int(self._busy_timeout * 1000)}")
             if self.read_only:
@@ -157,22 +168,6 @@ class PostgresJournal(SQLJournal):
             self._pg_writer.abandon()
 
 
-def _unreachable(exc: psycopg.Error, target: Target) -> JournalError:
-    """The typed error for a failed connection attempt."""
-    error = translate(exc, target)
-    if type(error) is not JournalError:
-        return error
-    if "authentication" in str(exc) or "password" in str(exc):  # libpq's words, no SQLSTATE
-        return JournalError(
-            f"cannot connect to the journal: {error}; are the user and password right?",
-            path=error.path,
-        )
-    return JournalConnectionError(
-        f"cannot connect to the journal: {error}; is PostgreSQL running there?",
-        path=error.path,
-    )
-
-
 async def execute(conn: Connection, target: Target, query: Q) -> Any:
     """Run one statement of a step on ``conn``; a lost connection raises ``Lost``."""
     if query.fetch == "status":
@@ -201,7 +196,7 @@ async def execute(conn: Connection, target: Target, query: Q) -> Any:
         return cursor.rowcount
     except psycopg.Error as exc:
         if is_lost(exc, conn.broken or conn.closed):
-            raise Lost(target.scrub(str(exc).strip())) from None
+            raise Lost(" ".join(target.scrub(str(exc)).split())) from None
         raise translate(exc, target) from None
 
 
