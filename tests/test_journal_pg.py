@@ -190,6 +190,38 @@ async def test_a_server_out_of_reach_at_open_is_a_connection_error(
     assert "not-the-password" not in str(caught.value)
 
 
+async def test_a_connection_lost_while_opening_is_a_connection_error(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server gone while the journal is being opened or read: a JournalConnectionError
+    (never the internal "connection lost" signal), and the next open works."""
+    from siliconflow_video._journal import _pgschema
+
+    real, real_sync = pg_module.execute, _pgschema.execute_sync
+    losing = True
+
+    async def lost(conn: Any, target: Any, query: Q) -> Any:
+        if losing:
+            raise Lost("server closed the connection unexpectedly")
+        return await real(conn, target, query)
+
+    def lost_sync(conn: Any, target: Any, query: Q) -> Any:
+        if losing:
+            raise Lost("server closed the connection unexpectedly")
+        return real_sync(conn, target, query)
+
+    monkeypatch.setattr(pg_module, "execute", lost)
+    monkeypatch.setattr(_pgschema, "execute_sync", lost_sync)
+    with pytest.raises(JournalConnectionError, match="was lost"):
+        await PostgresJournal(pg_url).open()
+    with pytest.raises(JournalConnectionError, match="was lost"):
+        read_jobs(pg_url)
+    losing = False
+    async with PostgresJournal(pg_url) as journal:
+        await journal.accept(["r1"], dest="/v")
+    assert [j.job_key for j in read_jobs(pg_url)] == ["r1"]
+
+
 MIGRATOR = textwrap.dedent(
     """
     import asyncio, sys

@@ -158,7 +158,7 @@ def read_jobs(
 def _read_postgres(
     url: str, *, unfinished: bool, states: Iterable[JobState] | None
 ) -> list[JobRecord]:
-    from ._pgschema import connect_sync, execute_sync, parse_url, prepare
+    from ._pgschema import Lost, connect_sync, execute_sync, lost_at_open, parse_url, prepare
 
     target = parse_url(url)
     with connect_sync(target) as conn:
@@ -167,8 +167,11 @@ def _read_postgres(
         def run(query: Q) -> Any:
             return execute_sync(conn, target, query)
 
-        drive(prepare(tx, read_only=True), run)
-        return drive(select_jobs(tx, unfinished=unfinished, states=states), run)
+        try:
+            drive(prepare(tx, read_only=True), run)
+            return drive(select_jobs(tx, unfinished=unfinished, states=states), run)
+        except Lost as lost:
+            raise lost_at_open(lost, target) from None
 
 
 def __getattr__(name: str) -> Any:

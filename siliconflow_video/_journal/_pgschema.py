@@ -50,6 +50,7 @@ __all__ = [
     "execute_sync",
     "is_keywords",
     "is_lost",
+    "lost_at_open",
     "parse_url",
     "pg_statement",
     "prepare",
@@ -338,6 +339,14 @@ def connect_error(exc: Exception, target: Target) -> JournalError:
         )
     hint = "" if "Is the server running" in text else "; is PostgreSQL running there?"
     return JournalConnectionError(f"cannot connect to the journal: {error}{hint}", path=error.path)
+
+
+def lost_at_open(lost: Lost, target: Target) -> JournalConnectionError:
+    """The error for a connection lost while the journal was being opened (or read)."""
+    return JournalConnectionError(
+        f"journal {target.shown!r}: the connection to PostgreSQL was lost ({lost}); try again",
+        path=target.shown,
+    )
 
 
 def is_lost(exc: Exception, broken: bool) -> bool:

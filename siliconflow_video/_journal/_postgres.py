@@ -57,6 +57,7 @@ from ._pgschema import (
     Target,
     connect_error,
     is_lost,
+    lost_at_open,
     parse_url,
     pg_statement,
     prepare,
@@ -141,6 +142,10 @@ class PostgresJournal(SQLJournal):
                 prepare(tx, read_only=self.read_only),
                 lambda query: execute(conn, self._target, query),
             )
+        except Lost as lost:  # a restart mid-open: the migration is one transaction
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+            raise lost_at_open(lost, self._target) from None
         except BaseException:
             await conn.close()
             raise
