@@ -112,8 +112,9 @@ def open_journal(
 
     A missing file is created (mode 0600); its folder must exist. ``synchronous="full"``
     also survives power loss, at one fsync per commit (see ``SQLiteJournal``). A
-    ``postgresql://`` URL opens a ``PostgresJournal`` (its tables are created on first
-    open; ``synchronous`` is the server's business there, and ignored).
+    ``postgresql://`` URL (or libpq's ``host=H dbname=D user=U`` form) opens a
+    ``PostgresJournal`` (its tables are created on first open; ``synchronous`` is the
+    server's business there, and ignored).
     """
     if _is_postgres(path_or_url):
         from ._postgres import PostgresJournal
