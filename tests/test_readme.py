@@ -365,7 +365,7 @@ def test_the_shell_blocks_run_as_printed(tmp_path: Path) -> None:
             del env["SILICONFLOW_API_KEY"]  # the README's export sets it
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         proc = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", text],
+            ["bash", "-xeuo", "pipefail", "-c", text],  # -x: stderr names a failing command
             cwd=tmp_path,
             env=env,
             capture_output=True,
