@@ -65,6 +65,30 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://bob:Sekr1t@h:5/db", "postgresql://bob@h:5/db"),
+        ("postgresql://bob:Sekr1t@Part2@h:5/db", "postgresql://bob@h:5/db"),
+        ("postgresql://bob:Sekr1t/Part2@h:5/db?sslmode=require", "postgresql://bob@h:5/db"),
+        ("postgresql://bob:Sekr1t%40Part2@h:5/db", "postgresql://bob@h:5/db"),
+        ("postgres://bob@h/db?password=Sekr1t", "postgresql://bob@h:5432/db"),
+        ("postgresql+psycopg://bob:Sekr1t@h:5/db", "postgresql://bob@h:5/db"),
+        ("postgresql://u@srv:Sekr1t@h:5/db", "postgresql://u@srv@h:5/db"),  # Azure's user@server
+        ("postgresql://h:5/db?sslcert=/etc/a@b.pem", "postgresql://me@h:5/db"),  # '@' in the query
+        ("host=h port=5 user=bob password='Sekr1t Part2' dbname=db", "postgresql://bob@h:5/db"),
+    ],
+)
+def test_how_a_url_is_read_and_shown(url: str, shown: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every URL form libpq takes is named postgresql://user@host:port/db, without a
+    piece of its password, even when the password holds an unencoded '@' or '/'."""
+    monkeypatch.setenv("PGUSER", "me")
+    journal = PostgresJournal(url)
+    assert journal.path == shown
+    assert hidden(repr(journal))
+    assert hidden(journal_name(url))
+
+
 async def check_journal(url: str, shown: str, *, job: str) -> None:
     """The journal at ``url`` (an empty schema) works, and shows itself as ``shown``
     only."""

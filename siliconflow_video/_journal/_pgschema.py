@@ -195,15 +195,21 @@ def _split_url(url: str) -> tuple[str, str | None, str] | None:
     """A ``postgresql://`` URL as (scheme, its user and password as written, the rest);
     None if ``url`` is no such URL.
 
-    The user and password end at the first '@' after which the URL reads as hosts and a
-    database (no '@' in them): libpq ends them at the first '@', so a password with an
-    unencoded '@' (``bob:p@ss@host``) or '/' would otherwise become part of the host name,
-    shown in every error. Python's urllib and asyncpg read it so too.
+    libpq ends the user and password at the first '@' met before any '/'. That reading is
+    kept unless it leaves an '@' in the hosts or the database, as a password with an
+    unencoded '@' or '/' does (``bob:p@ss@host``): then they end at the first '@' after
+    which the URL reads as hosts and a database with none (as Python's urllib and asyncpg
+    read such a URL), and no piece of the password becomes a host name shown in errors.
     """
     scheme = next((s for s in _SCHEMES if url.startswith(s)), None)
     if scheme is None:
         return None
     rest = url[len(scheme) :]
+    end = re.search(r"[@/]", rest)
+    userinfo = rest[: end.start()] if end is not None and end.group() == "@" else None
+    after = rest if userinfo is None else rest[len(userinfo) + 1 :]
+    if "@" not in after.split("?", 1)[0]:
+        return scheme, userinfo, after
     for at, char in enumerate(rest):
         if char == "@" and _AFTER_USERINFO.fullmatch(rest, at + 1):
             return scheme, rest[:at], rest[at + 1 :]
