@@ -49,7 +49,9 @@ from .._exceptions import (
     DownloadError,
     JournalError,
     JournalReadOnlyError,
+    MalformedResponseError,
     NotFoundError,
+    NotSiliconFlowError,
     PaymentRequiredError,
     PermissionDeniedError,
     SiliconFlowError,
@@ -94,6 +96,7 @@ _GLOBAL_ERRORS = (
     APIConnectionError,
     AuthenticationError,
     NotFoundError,
+    NotSiliconFlowError,
     PaymentRequiredError,
     PermissionDeniedError,
 )
@@ -212,13 +215,16 @@ class Cli:
         if self.args.quiet:
             return
         rows = list(self.rows.values())
-        ok = [r for r in rows if r.error is None]
+        skipped = [r for r in rows if r.error is None and r.skipped]
+        ok = [r for r in rows if r.error is None and not r.skipped]
         reused = [r for r in ok if r.files and all(f.reused for f in r.files)]
+        failed = len(rows) - len(ok) - len(skipped)
         fetched = sum(f.size for r in rows for f in r.files if not f.reused)
         seconds = time.monotonic() - self.started
+        kept = f"{len(skipped)} skipped (file already there), " if skipped else ""
         self.err(
-            f"summary: {len(ok)} succeeded ({len(reused)} already complete), "
-            f"{len(rows) - len(ok)} failed, {len(self.ids) - len(rows)} unfinished; "
+            f"summary: {len(ok)} succeeded ({len(reused)} already complete), {kept}"
+            f"{failed} failed, {len(self.ids) - len(rows)} unfinished; "
             f"{human_size(fetched)} downloaded in {seconds:.1f} s"
         )
 
@@ -243,6 +249,9 @@ class Cli:
             await client.get_status(request_ids[0])
         except _GLOBAL_ERRORS:
             raise
+        except MalformedResponseError as exc:
+            if exc.not_json_at_all:  # an HTML page: no id will fare better
+                raise NotSiliconFlowError.from_answer(exc, client.base_url) from None
         except SiliconFlowError:
             pass  # about this id only: the command reports it in its row
 
@@ -285,6 +294,10 @@ class Cli:
             changes["connect_timeout"] = args.connect_timeout
         if args.read_timeout is not None:
             changes["read_timeout"] = args.read_timeout
+        if args.limit_rate is not None:
+            changes["max_bytes_per_second"] = args.limit_rate
+        if args.force:
+            changes["foreign_files"] = "replace"
         return attrs.evolve(CLI_DOWNLOAD, **changes)
 
     def downloading_client(self, journal: Path | str | None) -> AsyncClient:
@@ -327,12 +340,17 @@ class Cli:
         outcomes = client.download_as_completed(
             ids, dest, timeout=timeout, progress=self.display.event, naming=self.naming()
         )
+        no_clobber = getattr(self.args, "no_clobber", False)
+        self.display.keep_foreign = no_clobber
         try:
             async with contextlib.aclosing(outcomes):
                 async for outcome in outcomes:
+                    row = Row.from_outcome(outcome, no_clobber=no_clobber)
                     # The files say which were reused: the live board shows it.
-                    self.display.finished(outcome.request_id, outcome.error, outcome.files)
-                    self.emit(Row.from_outcome(outcome))
+                    self.display.finished(
+                        outcome.request_id, row.error, outcome.files, skipped=row.skipped
+                    )
+                    self.emit(row)
         except BaseExceptionGroup as group:
             raise _first_leaf(group) from None
         missing = SiliconFlowError("no result came back for this id")
@@ -469,6 +487,10 @@ class Cli:
 
         async with self.client(max_concurrent_requests=args.max_requests) as client:
             first = await one(client, ids[0])
+            error = first.error
+            if isinstance(error, MalformedResponseError) and error.not_json_at_all:
+                error = NotSiliconFlowError.from_answer(error, client.base_url)
+                return self.failed_everywhere(ids, error)
             if isinstance(first.error, _GLOBAL_ERRORS):
                 return self.failed_everywhere(ids, first.error)
             rest = await asyncio.gather(*(one(client, rid) for rid in ids[1:]))

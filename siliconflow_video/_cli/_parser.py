@@ -63,6 +63,23 @@ def _positive_float(text: str) -> float:
     return value
 
 
+#: --limit-rate suffixes, as curl reads them: powers of 1024.
+_RATE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def _rate(text: str) -> float:
+    """``--limit-rate``: bytes per second, with an optional k/M/G suffix (curl's way)."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgG]?)[bB]?\s*", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a rate like 500k, 2M or 1G (bytes per second)"
+        )
+    value = float(match[1]) * _RATE_UNITS[match[2].lower()]
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte per second, got {text!r}")
+    return value
+
+
 def _folder(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("the folder name is empty")
@@ -229,6 +246,26 @@ def _add_download_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="retry a failing API request or video transfer up to N times "
         "(default: 3 per API request, 7 per video)",
+    )
+    parser.add_argument(
+        "--limit-rate",
+        type=_rate,
+        metavar="RATE",
+        help="download at most RATE bytes per second, all videos together, e.g. 500k, "
+        "2M (k, M, G: 1024, 1024², 1024³ bytes)",
+    )
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a file already at a video's name that siliconflow-video did not "
+        "download as that video (by default such a file is left alone and the id fails)",
+    )
+    existing.add_argument(
+        "--no-clobber",
+        action="store_true",
+        help="keep such a file and skip its video: the id is reported as skipped, not "
+        "failed (wget -nc); the file is not checked",
     )
     parser.add_argument(
         "--connect-timeout",

@@ -82,7 +82,7 @@ async def download_video(
             # Completed by a holder we never waited for; what is in .part is a leftover.
             await ctx.disk("remove", ctx.part, remove_leftovers, ctx.part, ctx.meta)
             return done
-        fetch = Fetch(session, ctx, refresh_url, policy, on_progress, proxies)
+        fetch = Fetch(session, ctx, refresh_url, policy, on_progress, proxies, writes.throttle)
         return await fetch.run(PartFile(ctx, lock, policy, writes, fetch))
     finally:
         lock.release()
@@ -104,6 +104,8 @@ async def _reuse_complete(
     there is none, or ours no longer has its recorded size (it is fetched again). Anything
     else under that name is an error, and is left as it is."""
     state, size = await asyncio.to_thread(_final, ctx)
+    if state is Final.FOREIGN and policy.foreign_files == "replace":
+        return None  # fetched, and put in its place by PartFile.finish
     if state in (Final.NOTHING, Final.STALE):
         if state is Final.STALE:
             logger.debug("%s is no longer its recorded size; fetching it again", ctx.path)
@@ -128,7 +130,8 @@ def _refuse(ctx: Context, state: Final) -> None:
         raise ctx.error(
             f"{ctx.path} already exists and was not downloaded by siliconflow-video as "
             f"video {ctx.index} of this job; it is left as it is. Move it away (or choose "
-            "another naming) to download the video",
+            "another naming, or replace such files: DownloadPolicy(foreign_files='replace'), "
+            "--force on the command line) to download the video",
             cls=ForeignFileError,
         )
 
@@ -215,9 +218,13 @@ class PartFile:
         part, path = self.ctx.part, self.ctx.path
         if self.policy.fsync:
             await self.ctx.disk("flush", part, self.disk.fsync, self.fd)
-        # A file that appeared under the final name meanwhile is not ours to replace.
+        # A file that appeared under the final name meanwhile is not ours to replace
+        # (unless the policy says to replace foreign files: then it is, as asked).
         state, _ = await asyncio.to_thread(_final, self.ctx)
-        _refuse(self.ctx, state)
+        if state is Final.FOREIGN and self.policy.foreign_files == "replace":
+            logger.info("replacing %s: it was not recorded as this video", path)
+        else:
+            _refuse(self.ctx, state)
         # Recorded before the rename: a crash in between leaves a complete .part (finished
         # on the next run), never a complete file without its record.
         validator = self._validator or Validator(None, None, None)
