@@ -1,0 +1,216 @@
+"""The command line's options for files already there (--force, --no-clobber), the rate cap
+(--limit-rate), -v's request log, and the messages for a wrong base URL and a timeout with
+nothing heard: real processes against the package's fake SiliconFlow."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from siliconflow_video import DownloadPolicy, WaitTimeoutError
+from siliconflow_video._cli._explain import explain
+from siliconflow_video.testing import FakeSiliconFlow
+
+from .test_cli import KEY, assert_clean, base_env, cli, env_for, error_lines, json_lines, sha256_of
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeSiliconFlow]:
+    fake = FakeSiliconFlow(api_key=KEY, seed=11)
+    with fake.run_in_thread():
+        yield fake
+
+
+# --- files already at a video's name ----------------------------------------------------------
+
+
+def test_a_file_already_there_fails_the_id_and_is_left_alone(
+    server: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """By default a file the tool did not download as that video fails the id (exit 1),
+    is not touched, and the message names --force and --no-clobber."""
+    rid = server.add_job(videos=[4000])
+    mine = tmp_path / f"{rid}_0.mp4"
+    mine.write_bytes(b"my own notes")
+    proc = cli("download", rid, "-o", str(tmp_path), env=env_for(server))
+    assert proc.returncode == 1, proc.stderr
+    assert_clean(proc)
+    assert mine.read_bytes() == b"my own notes"
+    [line] = error_lines(proc.stderr)
+    assert "already exists" in line and "--force" in line and "--no-clobber" in line
+    assert "DownloadPolicy" not in line  # the library's knob, not the command's
+
+
+def test_no_clobber_keeps_the_file_and_reports_the_id_skipped(
+    server: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """--no-clobber: the file is kept, the video not downloaded, the id is skipped (not
+    failed, exit 0), in the row, in JSON and in the summary."""
+    rid = server.add_job(videos=[4000])
+    other = server.add_job(videos=[3000])
+    mine = tmp_path / f"{rid}_0.mp4"
+    mine.write_bytes(b"my own notes")
+    args = ("download", rid, other, "-o", str(tmp_path), "--no-clobber")
+    proc = cli(*args, "--json", env=env_for(server))
+    assert proc.returncode == 0, proc.stderr
+    assert mine.read_bytes() == b"my own notes"
+    rows = {r["request_id"]: r for r in json_lines(proc.stdout)}
+    assert rows[rid]["skipped"] == [str(mine)] and rows[rid]["error"] is None
+    assert "skipped" not in rows[other] and rows[other]["files"][0]["reused"] is False
+    assert "1 succeeded (0 already complete), 1 skipped (file already there), 0 failed" in (
+        proc.stderr
+    )
+    text = cli(*args, env=env_for(server))
+    assert f"skipped: {mine} already exists (kept as it is)" in text.stdout
+    assert f"{rid}: skipped: {mine} already exists" in text.stderr  # plain progress
+
+
+def test_force_replaces_the_file_and_a_rerun_reuses_the_video(
+    server: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """--force puts the video in the place of a file that was not it; the next run finds
+    it recorded as the video and reuses it."""
+    rid = server.add_job(videos=[4000])
+    mine = tmp_path / f"{rid}_0.mp4"
+    mine.write_bytes(b"my own notes")
+    proc = cli("download", rid, "-o", str(tmp_path), "--force", "--json", env=env_for(server))
+    assert proc.returncode == 0, proc.stderr
+    assert sha256_of(mine) == server.video_sha256(rid, 0)
+    again = cli("download", rid, "-o", str(tmp_path), "--json", env=env_for(server))
+    assert again.returncode == 0, again.stderr
+    assert json_lines(again.stdout)[0]["files"][0]["reused"] is True
+
+
+def test_force_and_no_clobber_together_is_a_usage_error(server: FakeSiliconFlow) -> None:
+    """--force and --no-clobber contradict each other: exit 2 with the command's usage."""
+    proc = cli("download", "x", "--force", "--no-clobber", env=env_for(server))
+    assert proc.returncode == 2
+    assert "not allowed with argument" in proc.stderr
+    assert "usage: siliconflow-video download" in proc.stderr
+
+
+def test_a_folder_at_the_name_is_refused_even_with_force(
+    server: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """--force replaces files, never a folder (or a link) at a video's name."""
+    rid = server.add_job(videos=[1000])
+    (tmp_path / f"{rid}_0.mp4").mkdir()
+    proc = cli("download", rid, "-o", str(tmp_path), "--force", env=env_for(server))
+    assert proc.returncode == 1
+    assert "is not a regular file" in proc.stderr
+    assert (tmp_path / f"{rid}_0.mp4").is_dir()
+
+
+# --- the rate cap ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", ["fast", "0", "2X", "-1M", ""])
+def test_a_bad_limit_rate_is_a_usage_error(server: FakeSiliconFlow, rate: str) -> None:
+    """A --limit-rate that is not a rate like 500k or 2M: exit 2, naming it."""
+    proc = cli("download", "x", "--limit-rate", rate, env=env_for(server))
+    assert proc.returncode == 2
+    assert "--limit-rate" in proc.stderr
+
+
+def test_limit_rate_downloads_whole_videos(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """--limit-rate 4M still brings every video whole (its pace is the benchmark's)."""
+    ids = [server.add_job(videos=[200_000]) for _ in range(2)]
+    proc = cli("download", *ids, "-o", str(tmp_path), "--limit-rate", "4M", env=env_for(server))
+    assert proc.returncode == 0, proc.stderr
+    for rid in ids:
+        assert sha256_of(tmp_path / f"{rid}_0.mp4") == server.video_sha256(rid, 0)
+
+
+def test_the_rate_policy_is_checked() -> None:
+    """DownloadPolicy refuses a rate under one byte per second and unknown file rules."""
+    from siliconflow_video import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="max_bytes_per_second"):
+        DownloadPolicy(max_bytes_per_second=0)
+    with pytest.raises(ConfigurationError, match="foreign_files"):
+        DownloadPolicy(foreign_files="overwrite")  # type: ignore[arg-type]
+
+
+# --- -v ----------------------------------------------------------------------------------------
+
+
+def test_verbose_logs_each_video_request_without_its_query(
+    server: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """-v: one line per video request that brought bytes (host and path, status, bytes),
+    never the signed query string."""
+    rid = server.add_job(videos=[5000])
+    proc = cli("download", rid, "-o", str(tmp_path), "-v", env=env_for(server))
+    assert proc.returncode == 0, proc.stderr
+    url = server.video_url(rid, 0)
+    path_only, _, query = url.partition("?")
+    [line] = [line for line in proc.stderr.splitlines() if f"GET {path_only}:" in line]
+    assert "HTTP 200, 5000 bytes" in line
+    assert query and query not in proc.stderr
+    assert "Signature" not in proc.stderr
+
+
+# --- a wrong base URL, a timeout with nothing heard -------------------------------------------
+
+
+@pytest.fixture
+def html_site() -> Iterator[str]:
+    """A web server that answers every request with 200 and an HTML page."""
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.answer()
+
+        def do_POST(self) -> None:
+            self.answer()
+
+        def answer(self) -> None:
+            body = b"<!doctype html><html><body>Welcome</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=site.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{site.server_address[1]}/v1"
+    finally:
+        site.shutdown()
+        site.server_close()
+
+
+@pytest.mark.parametrize("command", ["download", "wait", "status"])
+def test_a_base_url_answering_html_ends_at_once_with_exit_2(
+    html_site: str, tmp_path: Path, command: str
+) -> None:
+    """A base URL that answers 200 with HTML is not SiliconFlow: one line saying so, exit 2,
+    without waiting (the run is bounded by the test's timeout, far below any poll budget)."""
+    env = base_env(SILICONFLOW_API_KEY=KEY, SILICONFLOW_BASE_URL=html_site)
+    extra = ("-o", str(tmp_path)) if command == "download" else ()
+    proc = cli(command, "id-one", "id-two", *extra, env=env, timeout=20)
+    assert proc.returncode == 2, proc.stderr
+    assert_clean(proc)
+    [line] = error_lines(proc.stderr)
+    assert line.startswith(f"error: this is not a SiliconFlow API: {html_site} answered")
+    assert "SILICONFLOW_BASE_URL" in line
+    assert "id-one" not in line  # about the base URL, not an id
+
+
+def test_a_timeout_with_no_status_read_does_not_claim_the_job_goes_on() -> None:
+    """A wait that ran out before any status was read says so, and does not claim the job
+    goes on at SiliconFlow; one with a status read does."""
+    blind = explain(WaitTimeoutError("abc", 5, None), "https://api.siliconflow.cn/v1")
+    assert "no status was read" in blind[0]
+    assert "goes on" not in " ".join(blind)
+    seen = explain(WaitTimeoutError("abc", 5, "InQueue"), "https://api.siliconflow.cn/v1")
+    assert "last status InQueue" in seen[0] and "goes on at SiliconFlow" in seen[1]
