@@ -41,7 +41,9 @@ def test_a_file_already_there_fails_the_id_and_is_left_alone(
     assert_clean(proc)
     assert mine.read_bytes() == b"my own notes"
     [line] = error_lines(proc.stderr)
-    assert "already exists" in line and "--force" in line and "--no-clobber" in line
+    assert "already exists" in line
+    assert "--force" in line
+    assert "--no-clobber" in line
     assert "DownloadPolicy" not in line  # the library's knob, not the command's
 
 
@@ -59,8 +61,10 @@ def test_no_clobber_keeps_the_file_and_reports_the_id_skipped(
     assert proc.returncode == 0, proc.stderr
     assert mine.read_bytes() == b"my own notes"
     rows = {r["request_id"]: r for r in json_lines(proc.stdout)}
-    assert rows[rid]["skipped"] == [str(mine)] and rows[rid]["error"] is None
-    assert "skipped" not in rows[other] and rows[other]["files"][0]["reused"] is False
+    assert rows[rid]["skipped"] == [str(mine)]
+    assert rows[rid]["error"] is None
+    assert "skipped" not in rows[other]
+    assert rows[other]["files"][0]["reused"] is False
     assert "1 succeeded (0 already complete), 1 skipped (file already there), 0 failed" in (
         proc.stderr
     )
@@ -150,7 +154,8 @@ def test_verbose_logs_each_video_request_without_its_query(
     path_only, _, query = url.partition("?")
     [line] = [line for line in proc.stderr.splitlines() if f"GET {path_only}:" in line]
     assert "HTTP 200, 5000 bytes" in line
-    assert query and query not in proc.stderr
+    assert query
+    assert query not in proc.stderr
     assert "Signature" not in proc.stderr
 
 
@@ -213,4 +218,5 @@ def test_a_timeout_with_no_status_read_does_not_claim_the_job_goes_on() -> None:
     assert "no status was read" in blind[0]
     assert "goes on" not in " ".join(blind)
     seen = explain(WaitTimeoutError("abc", 5, "InQueue"), "https://api.siliconflow.cn/v1")
-    assert "last status InQueue" in seen[0] and "goes on at SiliconFlow" in seen[1]
+    assert "last status InQueue" in seen[0]
+    assert "goes on at SiliconFlow" in seen[1]

@@ -138,6 +138,7 @@ class Cli:
         self.api_key = api_key
         self.key_from = "--api-key" if getattr(args, "api_key", None) else API_KEY_ENV
         self.stdout = stdout
+        self.same_terminal = _same_terminal(stdout, display.stream)
         self.submitted: str | None = None
         self.terminated = False
         self.output_failed = False
@@ -154,8 +155,11 @@ class Cli:
     # -- output
 
     def out(self, line: str) -> None:
+        line = self.redact(line)
+        if self.same_terminal and self.display.print_above(line):
+            return  # drawn above the live board, which would otherwise draw over it
         try:
-            write_text(self.stdout, self.redact(line))
+            write_text(self.stdout, line)
         except BrokenPipeError:
             raise  # | head has read enough: run() ends quietly
         except OSError as exc:
@@ -713,6 +717,16 @@ class Cli:
                 line += f" -o {self.args.download} (partial downloads resume)"
             return line
         return f"{how} — partial downloads are kept and will resume on the next run"
+
+
+def _same_terminal(one: TextIO, other: TextIO) -> bool:
+    """Whether both streams are the same terminal (stdout and stderr in one window)."""
+    try:
+        if not (one.isatty() and other.isatty()):
+            return False
+        return os.path.samestat(os.fstat(one.fileno()), os.fstat(other.fileno()))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

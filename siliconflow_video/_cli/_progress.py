@@ -227,6 +227,12 @@ class Display:
         """Print one line on the display's stream."""
         write_text(self.stream, text)
 
+    def print_above(self, text: str) -> bool:
+        """Print a line of results above a live board, if one is showing (when stdout and
+        stderr are one terminal, a line written straight to stdout would be drawn over);
+        False when there is none, and the caller writes it itself."""
+        return False
+
     def job(self, request_id: str) -> _Job:
         job = self.jobs.get(request_id)
         if job is None:
@@ -484,10 +490,16 @@ class LiveDisplay(Display):
             live.stop()  # draws the last state once more, and leaves it on the screen
 
     def write_line(self, text: str) -> None:
-        if self._live is not None:
-            self.console.print(Text(text), soft_wrap=True)
-        else:
+        if not self.print_above(text):
             write_text(self.stream, text)
+
+    def print_above(self, text: str) -> bool:
+        with self._lock:
+            if self._live is None:
+                return False
+            # Through rich's console, which clears the board, prints, and draws it again.
+            self.console.print(Text(text), soft_wrap=True)
+            return True
 
     # -- state, under the lock -----------------------------------------------------------
 
@@ -508,7 +520,9 @@ class LiveDisplay(Display):
                     transient=False,
                 )
         if start and self._live is not None:
-            self._live.start()
+            # A first frame now: a batch the journal settles at once may end before the
+            # first refresh.
+            self._live.start(refresh=True)
 
     def event(self, event: ProgressEvent) -> None:
         with self._lock:
