@@ -615,17 +615,28 @@ class Cli:
                     for line in lines:
                         tasks.create_task(submits.one(line))
                 results = submits.results
-                if submits.stopped is not None:
-                    if any(rid is not None for _, rid, _ in results):
+                rids = list(dict.fromkeys(rid for _, rid, _ in results if rid is not None))
+                errors = [err for _, _, err in results if err is not None]
+                stopped = submits.stopped
+                # No balance (402) stops the POSTs, not the status calls: the jobs made
+                # before it are still waited for and downloaded.
+                if stopped is not None and not (
+                    isinstance(stopped, PaymentRequiredError) and args.download and rids
+                ):
+                    if rids:
                         log.info(
                             "the jobs submitted are in the journal: get their videos with "
                             "siliconflow-video resume --journal %s; the lines not sent go "
                             "with the same command run again",
                             journal_name(journal_file),
                         )
-                    raise submits.stopped
-                rids = list(dict.fromkeys(rid for _, rid, _ in results if rid is not None))
-                errors = [err for _, _, err in results if err is not None]
+                    raise stopped
+                if stopped is not None:
+                    log.info(
+                        "no more lines are sent (%s); the lines not sent go with the same "
+                        "command run again",
+                        self.explain(stopped)[0],
+                    )
                 if args.download and rids:
                     self.ids = rids
                     self.display.track(rids, downloading=True)
@@ -772,13 +783,20 @@ class _Submits:
                 "result": result,
             }
             if error is not None:
-                data["error"] = {"type": type(error).__name__, "message": cli.explain(error)[0]}
+                data["error"] = {"type": type(error).__name__, "message": self.words(error, result)}
             cli.out(json.dumps(data))
         else:
             text = f"line {line.number}  {request_id or '-'}  {result}"
             if error is not None:
-                text += f": {cli.explain(error)[0]}"
+                text += f": {self.words(error, result)}"
             cli.out(text)
+
+    def words(self, error: BaseException, result: str) -> str:
+        what = self.cli.explain(error)[0]
+        if result == "submit_unknown" and not isinstance(error, SubmitUnknownError):
+            # "cannot reach" alone would read as "nothing was sent": it may have been.
+            what += "; the submit may have reached SiliconFlow, so it is never sent again"
+        return what
 
     async def state_of(self, key: str) -> str:
         journal = await self.client.journal()
@@ -806,6 +824,11 @@ class _Submits:
                 self.report(line, "submit_unknown", None, exc)
                 return
             except _GLOBAL_ERRORS as exc:
+                if isinstance(exc, APIConnectionError) and exc.maybe_processed:
+                    # The connection broke under this POST (a reset): this line's trouble
+                    # (it may have reached SiliconFlow); "cannot connect" stops them all.
+                    self.report(line, await self.state_of(line.key), None, exc)
+                    return
                 # Every other line would meet it too: no new POST. This line may have
                 # reached SiliconFlow (a dropped connection): say what the journal says.
                 self.stopped = self.stopped or exc
