@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import shutil
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -169,6 +171,8 @@ class PartFile:
         self.disk = writes.disk
         self.clock = fetch.clock
         self._validator: Validator | None = None
+        self.writes = writes
+        self.fetch = fetch
         self.writer = PartWriter(ctx, lock.fd, writes, policy, fetch.clock, fetch.report)
 
     @property
@@ -204,7 +208,48 @@ class PartFile:
         await self.ctx.disk("write", self.ctx.meta, write_sidecar, self.ctx.meta, validator)
 
     async def copy(self, body: AsyncIterator[bytes]) -> None:
-        await self.writer.copy(body)
+        total = self.fetch.total
+        if total is None:  # no size announced: nothing to check ahead
+            await self.writer.copy(body)
+            return
+        with self.clock.paused():
+            short = await asyncio.to_thread(self._shortfall, total)
+        if short is not None:
+            # Our own disk, as for a full one: the .part is kept and a rerun resumes.
+            raise self.ctx.error(short) from OSError(errno.ENOSPC, short)
+        filling = self.writes.filling
+        filling[self.fd] = total
+        try:
+            await self.writer.copy(body)
+        finally:
+            filling.pop(self.fd, None)
+
+    def _shortfall(self, total: int) -> str | None:
+        """Why the disk has no room for this video (None: it has, or cannot tell): its
+        bytes still to come, plus those still to come of this client's other videos
+        filling the same file system, against the free space. Runs in a worker thread."""
+        try:
+            mine = os.fstat(self.fd)
+            free = shutil.disk_usage(self.ctx.path.parent).free
+        except OSError:
+            return None  # the writes themselves will say what is wrong
+        needed = own = max(0, total - mine.st_size)
+        for fd, size in list(self.writes.filling.items()):
+            try:
+                other = os.fstat(fd)
+            except OSError:
+                continue  # finished meanwhile
+            if fd != self.fd and other.st_dev == mine.st_dev:
+                needed += max(0, size - other.st_size)
+        if needed <= free:
+            return None
+        others = (
+            f" (and {_mib(needed - own)} for the other videos under way)" if needed > own else ""
+        )
+        return (
+            f"not enough free space in {self.ctx.path.parent} for {self.ctx.path.name}: "
+            f"{_mib(own)} still to download{others}, {_mib(free)} free"
+        )
 
     async def start_over(self) -> None:
         """Throw the partial bytes and their sidecar away: never splice two responses."""
@@ -269,3 +314,7 @@ class PartFile:
             f"the {self.done} bytes received so far are kept in {self.ctx.part}, "
             "and a later call resumes from there"
         )
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MiB"

@@ -132,6 +132,10 @@ class DiskWrites:
     until: float = 0.0
     #: The cap all of this client's transfers share (``DownloadPolicy.max_bytes_per_second``).
     throttle: Throttle = attrs.field(factory=Throttle)
+    #: The ``.part`` descriptors this client is filling now, each with its video's size:
+    #: what they will still take from the disk counts against the free space a new
+    #: transfer needs (see ``PartFile.copy``).
+    filling: dict[int, int] = attrs.field(factory=dict)
 
     def on_loop(self, policy: DownloadPolicy) -> bool:
         return policy.max_loop_write > 0 and time.monotonic() >= self.until
