@@ -4,8 +4,16 @@ nothing heard: real processes against the package's fake SiliconFlow."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import http.server
+import os
+import pty
+import select
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -220,3 +228,74 @@ def test_a_timeout_with_no_status_read_does_not_claim_the_job_goes_on() -> None:
     seen = explain(WaitTimeoutError("abc", 5, "InQueue"), "https://api.siliconflow.cn/v1")
     assert "last status InQueue" in seen[0]
     assert "goes on at SiliconFlow" in seen[1]
+
+
+# --- another process holds a video's lock -------------------------------------------------------
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold ``path``'s lock from this process, as a second download would."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_until(fd: int, words: bytes, deadline: float) -> bytes:
+    got = bytearray()
+    while words not in got and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            got += chunk
+    return bytes(got)
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_a_video_locked_by_another_process_says_so(
+    server: FakeSiliconFlow, tmp_path: Path, terminal: bool
+) -> None:
+    """While another process holds a video's .part lock, the row (on a terminal) or one
+    plain line says "waiting for another process"; once it lets go the video downloads."""
+    rid = server.add_job(videos=[8000])
+    part = tmp_path / f"{rid}_0.mp4.part"
+    args = [sys.executable, "-m", "siliconflow_video", "download", rid, "-o", str(tmp_path)]
+    with locked(part):
+        if terminal:
+            leader, follower = pty.openpty()
+            env = env_for(server, COLUMNS="80", LINES="24", TERM="xterm")
+            proc = subprocess.Popen(
+                args, env=env, stdin=follower, stdout=subprocess.PIPE, stderr=follower
+            )
+            os.close(follower)
+            reader = leader
+        else:
+            proc = subprocess.Popen(
+                args, env=env_for(server), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            assert proc.stderr is not None
+            reader = proc.stderr.fileno()
+        try:
+            seen = read_until(reader, b"waiting for another process", time.monotonic() + 20)
+            assert b"waiting for another process" in seen, seen.decode(errors="replace")
+            assert proc.poll() is None  # it waits; it does not fail
+        except BaseException:
+            proc.kill()
+            raise
+    rest = read_until(reader, b"\x00never", time.monotonic() + 20)  # to the end
+    if terminal:
+        os.close(reader)
+    assert proc.wait(timeout=20) == 0, (seen + rest).decode(errors="replace")
+    assert sha256_of(tmp_path / f"{rid}_0.mp4") == server.video_sha256(rid, 0)
+    text = (seen + rest).decode(errors="replace")
+    if not terminal:
+        assert text.count("waiting for another process") == 1
+        assert f"it is writing {part}" in text

@@ -34,6 +34,7 @@ from rich.text import Text
 
 from .._config import DEFAULT_BASE_URL
 from .._exceptions import ForeignFileError
+from .._logging import WAITING_FOR
 from .._models import EventKind, ProgressEvent, Status, VideoFile, VideoStatus
 from ._explain import explain
 from ._rows import (
@@ -256,6 +257,7 @@ class Display:
 
     def _event(self, event: ProgressEvent) -> None:
         job = self.job(event.request_id)
+        job.waiting_since = None  # any news of the id: the other process let go
         if event.kind is EventKind.STATUS and event.status is not None:
             self._changed(event.request_id, job, event.status)
         elif event.kind in (EventKind.BYTES, EventKind.FILE) and event.index is not None:
@@ -277,6 +279,11 @@ class Display:
                 self._bytes(event.request_id, job, event.index)
         elif event.kind is EventKind.DONE:
             self.finished(event.request_id, event.error)
+
+    def waiting(self, request_id: str) -> bool:
+        """A download of the id waits for another process (its ``.part`` lock); True when
+        the display shows that itself, False when the log line should say it."""
+        return False
 
     def listener(self, request_id: str) -> Callable[[VideoStatus], None]:
         """A status listener for one id, for waits that download nothing."""
@@ -543,6 +550,13 @@ class LiveDisplay(Display):
         with self._lock:
             super().finished(request_id, error, files, skipped=skipped)
 
+    def waiting(self, request_id: str) -> bool:
+        with self._lock:
+            job = self.job(request_id)
+            if not job.done and job.waiting_since is None:
+                job.waiting_since = self.clock()
+            return self._live is not None
+
     def _started(self, job: _Job) -> None:
         self.overall.mark(self.clock())
 
@@ -733,6 +747,9 @@ class DisplayHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            request_id = getattr(record, WAITING_FOR, None)
+            if isinstance(request_id, str) and self.display.waiting(request_id):
+                return  # its row says it
             self.display.write_line(self.format(record))
         except Exception:  # noqa: BLE001 - logging must never break the command
             self.handleError(record)
