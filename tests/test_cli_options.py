@@ -299,3 +299,23 @@ def test_a_video_locked_by_another_process_says_so(
     if not terminal:
         assert text.count("waiting for another process") == 1
         assert f"it is writing {part}" in text
+
+
+def test_timeout_bounds_the_wait_not_the_downloads(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """--timeout: an id still queued when it runs out ends with exit 3, "timed out" (not
+    "failed"), while a download already under way finishes whole."""
+    from siliconflow_video.testing import SlowBody
+
+    ready = server.add_job(videos=[60_000])
+    server.add_fault("video", SlowBody(bytes_per_second=30_000), request_id=ready)
+    queued = server.add_job(queue_seconds=60)
+    proc = cli(
+        "download", ready, queued, "-o", str(tmp_path), "--timeout", "1", env=env_for(server)
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert sha256_of(tmp_path / f"{ready}_0.mp4") == server.video_sha256(ready, 0)
+    assert f"{queued}: timed out (--timeout)" in proc.stderr
+    assert "1 succeeded (0 already complete), 1 timed out, 0 failed" in proc.stderr
+    [line] = error_lines(proc.stderr)
+    assert "last status InQueue" in line
+    assert "goes on at SiliconFlow" in line

@@ -57,6 +57,7 @@ from .._exceptions import (
     SiliconFlowError,
     SubmitUnknownError,
     UnsafeFileNameError,
+    WaitTimeoutError,
 )
 from .._journal import JobRecord, JobState, Journal, journal_name, open_journal, read_jobs
 from .._logging import RedactingFilter
@@ -222,13 +223,15 @@ class Cli:
         skipped = [r for r in rows if r.error is None and r.skipped]
         ok = [r for r in rows if r.error is None and not r.skipped]
         reused = [r for r in ok if r.files and all(f.reused for f in r.files)]
-        failed = len(rows) - len(ok) - len(skipped)
+        timed_out = sum(isinstance(r.error, WaitTimeoutError) for r in rows)
+        failed = len(rows) - len(ok) - len(skipped) - timed_out
         fetched = sum(f.size for r in rows for f in r.files if not f.reused)
         seconds = time.monotonic() - self.started
         kept = f"{len(skipped)} skipped (file already there), " if skipped else ""
+        late = f"{timed_out} timed out, " if timed_out else ""
         self.err(
             f"summary: {len(ok)} succeeded ({len(reused)} already complete), {kept}"
-            f"{failed} failed, {len(self.ids) - len(rows)} unfinished; "
+            f"{late}{failed} failed, {len(self.ids) - len(rows)} unfinished; "
             f"{human_size(fetched)} downloaded in {seconds:.1f} s"
         )
 

@@ -184,7 +184,9 @@ def _add_timeout(parser: argparse.ArgumentParser) -> None:
         "--timeout",
         type=_positive_float,
         metavar="S",
-        help="stop waiting after S seconds (jobs go on at SiliconFlow; default: no limit)",
+        help="stop waiting for the jobs after S seconds: the ids not finished by then end "
+        "with exit 3 (they go on at SiliconFlow), downloads already under way finish "
+        "(default: no limit)",
     )
 
 

@@ -33,7 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._config import DEFAULT_BASE_URL
-from .._exceptions import ForeignFileError
+from .._exceptions import ForeignFileError, WaitTimeoutError
 from .._logging import WAITING_FOR
 from .._models import EventKind, ProgressEvent, Status, VideoFile, VideoStatus
 from ._explain import explain
@@ -395,6 +395,8 @@ class PlainDisplay(Display):
         # The error itself is printed once, in the results and the closing summary.
         if job.skipped:
             words = f"skipped: {', '.join(job.skipped)} already exists (kept as it is)"
+        elif isinstance(error, WaitTimeoutError):
+            words = "timed out (--timeout)"
         else:
             words = "done" if error is None else "failed"
         log.info("%s: %s", printable(request_id), words)
