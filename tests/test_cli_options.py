@@ -319,3 +319,33 @@ def test_timeout_bounds_the_wait_not_the_downloads(server: FakeSiliconFlow, tmp_
     [line] = error_lines(proc.stderr)
     assert "last status InQueue" in line
     assert "goes on at SiliconFlow" in line
+
+
+async def test_one_throttle_caps_all_transfers_together() -> None:
+    """The client's throttle books every piece of every transfer at the cap: two
+    transfers sharing it wait as long for their bytes as one transfer of both would."""
+    from siliconflow_video._download import Throttle
+
+    clock = [100.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    class Host:
+        def paused(self) -> contextlib.AbstractContextManager[None]:
+            return contextlib.nullcontext()
+
+        def heard(self, *, force: bool = False) -> None:
+            pass
+
+    shared = Throttle(now=lambda: clock[0], sleep=sleep)
+    for _ in range(10):  # two transfers, taking turns piece by piece
+        await shared.take(50_000, 100_000.0, Host())
+        await shared.take(50_000, 100_000.0, Host())
+    # 1 MB at 100 kB/s: 10 s on the clock, less the one burst allowed ahead.
+    assert clock[0] - 100.0 == pytest.approx(10.0 - Throttle.burst)
+    free = Throttle(now=lambda: clock[0], sleep=sleep)
+    await free.take(10**9, None, Host())  # no rate: never waits
+    assert clock[0] - 100.0 == pytest.approx(10.0 - Throttle.burst)

@@ -225,7 +225,15 @@ class Throttle:
     #: small and frequent, and a sleep of a few milliseconds is not worth its wakeup.
     burst = 0.05
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        now: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        # The running loop's clock by default; tests give their own clock and sleep.
+        self._now = now
+        self._sleep = sleep
         self._booked_until = 0.0
 
     async def take(self, count: int, rate: float | None, clock: HostClock) -> None:
@@ -233,12 +241,12 @@ class Throttle:
         still: we are the slow one) until they fit under the cap."""
         if rate is None or count <= 0:
             return
-        now = asyncio.get_running_loop().time()
+        now = self._now() if self._now is not None else asyncio.get_running_loop().time()
         self._booked_until = max(self._booked_until, now) + count / rate
         delay = self._booked_until - now - self.burst
         if delay > 0:
             with clock.paused():
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
 
 
 class Fetch:
