@@ -349,3 +349,34 @@ async def test_one_throttle_caps_all_transfers_together() -> None:
     free = Throttle(now=lambda: clock[0], sleep=sleep)
     await free.take(10**9, None, Host())  # no rate: never waits
     assert clock[0] - 100.0 == pytest.approx(10.0 - Throttle.burst)
+
+
+def test_an_id_leased_by_another_download_says_so(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """Two downloads of one id into one folder: the second says "waiting for another
+    process" once while the first holds the id's journal lease, then takes its result."""
+    from siliconflow_video.testing import SlowBody
+
+    rid = server.add_job(videos=[120_000])
+    server.add_fault("video", SlowBody(bytes_per_second=40_000), request_id=rid)
+    args = [sys.executable, "-m", "siliconflow_video", "download", rid, "-o", str(tmp_path)]
+    env = env_for(server)
+    first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    second = None
+    try:
+        assert first.stderr is not None
+        started = read_until(first.stderr.fileno(), b"downloading", time.monotonic() + 20)
+        assert b"downloading" in started
+        second = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert second.stderr is not None
+        seen = read_until(second.stderr.fileno(), b"waiting for another", time.monotonic() + 20)
+        assert b"waiting for another process" in seen, seen.decode(errors="replace")
+        assert first.wait(timeout=30) == 0
+        out, rest = second.communicate(timeout=30)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    assert second.returncode == 0, (seen + rest).decode(errors="replace")
+    assert (seen + rest).count(b"waiting for another process") == 1
+    assert out.decode().split()[:2] == [rid, "Succeed"]
+    assert sha256_of(tmp_path / f"{rid}_0.mp4") == server.video_sha256(rid, 0)
