@@ -682,7 +682,7 @@ def test_two_workers_on_overlapping_batches_share_one_folder(tmp_path: Path) -> 
             for index in range(len(fake.jobs[rid].videos)):
                 reused = sorted([a["files"][index]["reused"], b["files"][index]["reused"]])
                 assert reused == [False, True], (rid, index)
-        waited = [err for _, err in results if "is locked by another download; waiting" in err]
+        waited = [err for _, err in results if "waiting for another process: it is writing" in err]
         assert waited, "neither worker ever waited for the other's lock"
 
 
