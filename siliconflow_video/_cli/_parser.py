@@ -166,8 +166,8 @@ def _add_ids(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help="read ids from FILE, one per line ('-': stdin; blank lines and # comments "
-        "are skipped); may be repeated",
+        help="read ids from FILE ('-': stdin): separated by newlines, spaces or commas, "
+        "# starts a comment; may be repeated",
     )
 
 
@@ -175,7 +175,7 @@ def _add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json",
         action="store_true",
-        help="print JSON Lines on stdout, one object per id in the order given",
+        help="print JSON Lines on stdout: one object per id, printed as soon as it is known",
     )
 
 
