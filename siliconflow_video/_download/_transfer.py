@@ -212,13 +212,17 @@ class PartFile:
         if total is None:  # no size announced: nothing to check ahead
             await self.writer.copy(body)
             return
-        with self.clock.paused():
-            short = await asyncio.to_thread(self._shortfall, total)
+        filling = self.writes.filling
+        # One check at a time, each counting the transfers that passed before it: two
+        # checked at once would each miss the other.
+        async with self.writes.checking_space:
+            with self.clock.paused():
+                short = await asyncio.to_thread(self._shortfall, total)
+            if short is None:
+                filling[self.fd] = total
         if short is not None:
             # Our own disk, as for a full one: the .part is kept and a rerun resumes.
             raise self.ctx.error(short) from OSError(errno.ENOSPC, short)
-        filling = self.writes.filling
-        filling[self.fd] = total
         try:
             await self.writer.copy(body)
         finally:

@@ -136,6 +136,7 @@ class DiskWrites:
     #: what they will still take from the disk counts against the free space a new
     #: transfer needs (see ``PartFile.copy``).
     filling: dict[int, int] = attrs.field(factory=dict)
+    checking_space: asyncio.Lock = attrs.field(factory=asyncio.Lock)
 
     def on_loop(self, policy: DownloadPolicy) -> bool:
         return policy.max_loop_write > 0 and time.monotonic() >= self.until
