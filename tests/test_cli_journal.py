@@ -436,3 +436,41 @@ def test_a_reset_submit_costs_only_its_own_line(server: FakeSiliconFlow, tmp_pat
     assert reused == [True, True, True]
     for rid in made:
         assert len(server.requests_for("video", rid)) == 1
+
+
+def test_no_balance_midway_stops_the_posts_not_the_downloads(
+    server: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """submit --from-file --download when the balance runs out after two POSTs: no POST
+    after the 402, one error line for it, and the two jobs made are still downloaded."""
+    from siliconflow_video.testing import Slow, payment_required
+
+    file = prompts(
+        tmp_path / "p.jsonl",
+        *({"model": MODEL, "prompt": f"paid {n}", "key": f"paid{n}"} for n in range(6)),
+    )
+    out = tmp_path / "v"
+    first_two = server.add_fault("submit", Slow(0), times=2)  # answered as usual
+    broke = server.add_fault("submit", payment_required(), times=None)
+    try:
+        before = len(server.requests_for("submit"))
+        proc = cli(
+            "submit", "--from-file", str(file), "--download", str(out), "--json",
+            env=env_for(server),
+        )  # fmt: skip
+        posts = len(server.requests_for("submit")) - before
+    finally:
+        server.remove_fault(broke)
+        if first_two in server.faults:
+            server.remove_fault(first_two)
+    assert proc.returncode == 1, proc.stderr
+    assert_clean(proc)
+    lines = json_lines(proc.stdout)
+    made = {r["request_id"] for r in lines if r.get("result") == "submitted"}
+    assert len(made) == 2
+    assert posts <= 2 + 4  # the POSTs in flight when the 402 came, and none after
+    rows = [r for r in lines if "status" in r]
+    assert {r["request_id"] for r in rows} == made
+    for row in rows:
+        assert sha256_of(row["paths"][0]) == server.video_sha256(row["request_id"])
+    assert any("balance" in line or "402" in line for line in error_lines(proc.stderr)), proc.stderr

@@ -635,10 +635,11 @@ class Cli:
                         )
                     raise stopped
                 if stopped is not None:
+                    self.error(stopped)
                     log.info(
-                        "no more lines are sent (%s); the lines not sent go with the same "
-                        "command run again",
-                        self.explain(stopped)[0],
+                        "no more lines were sent; they go with the same command run again; "
+                        "the %d jobs made are downloaded now",
+                        len(rids),
                     )
                 if args.download and rids:
                     self.ids = rids
