@@ -28,7 +28,7 @@ from ._exceptions import (
     WaitTimeoutError,
 )
 from ._journal import Recorder
-from ._logging import logger, scrub_urls
+from ._logging import WAITING_FOR, logger, scrub_urls
 from ._models import (
     EventKind,
     Naming,
@@ -302,6 +302,12 @@ class _Batch:
         for a ``.part`` lock), then take what it finished, or carry on where it stopped."""
         loop = asyncio.get_running_loop()
         start = loop.time()
+        # For a progress display (the CLI's row says "waiting for another process").
+        logger.info(
+            "waiting for another process: it holds the journal's lease on %r",
+            request_id,
+            extra={WAITING_FOR: request_id},
+        )
         try:
             if not await self.record.claim(request_id, wait=timeout):
                 error = WaitTimeoutError(request_id, timeout or 0.0, None)

@@ -7,7 +7,7 @@ with ``attrs.evolve(policy, field=value)``.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import attrs
@@ -147,6 +147,23 @@ class DownloadPolicy:
     #: digest to check it against (the announced length guards every download either way,
     #: and the ``ETag``/``Last-Modified`` validator every resume).
     sha256: bool = False
+    #: A cap on the bytes per second of all of one client's video transfers together
+    #: (curl's ``--limit-rate``, for the whole batch); None: as fast as the host sends.
+    max_bytes_per_second: float | None = attrs.field(default=None)
+    #: What to do with a file at a video's name that this library did not record as that
+    #: video (a ``ForeignFileError`` by default, the file left untouched): ``"replace"``
+    #: downloads the video and puts it in that file's place (``--force``).
+    foreign_files: Literal["refuse", "replace"] = attrs.field(default="refuse")
+
+    @max_bytes_per_second.validator
+    def _check_rate(self, attribute: attrs.Attribute[float | None], value: float | None) -> None:
+        if value is not None and not value >= 1:
+            raise ConfigurationError(f"max_bytes_per_second must be >= 1 or None, got {value!r}")
+
+    @foreign_files.validator
+    def _check_foreign(self, attribute: attrs.Attribute[str], value: str) -> None:
+        if value not in ("refuse", "replace"):
+            raise ConfigurationError(f"foreign_files must be 'refuse' or 'replace', got {value!r}")
 
 
 DEFAULT_RETRY = RetryPolicy()

@@ -13,6 +13,7 @@ failed on SiliconFlow's side, and a *download* that failed on the way to disk.
     │   ├── APIConnectionError              could not connect, or the connection dropped
     │   │   └── APITimeoutError             (also TimeoutError) no answer in time
     │   ├── MalformedResponseError          a 200 whose body is not the documented shape
+    │   │   └── NotSiliconFlowError         a 200 that is not JSON at all: a wrong base URL
     │   └── APIStatusError                  the API answered with an error status
     │       ├── BadRequestError             400
     │       ├── AuthenticationError         401
@@ -89,6 +90,7 @@ __all__ = [
     "LeaseHeldError",
     "LeaseLostError",
     "MalformedResponseError",
+    "NotSiliconFlowError",
     "NoSuchBucketError",
     "NoSuchUploadError",
     "NotFoundError",
@@ -183,6 +185,32 @@ class MalformedResponseError(APIError):
         super().__init__(f"{message} at {field}; body starts {excerpt!r}", request_id=request_id)
         self.field = field
         self.excerpt = excerpt
+
+    @property
+    def not_json_at_all(self) -> bool:
+        """The body does not even start like JSON (an HTML page, plain text): not a JSON
+        answer cut short, which starts like one and may be a passing fault."""
+        start = self.excerpt.lstrip()[:1]
+        return self.field == "$" and "not JSON" in self.message and start not in ("", "{", "[", '"')
+
+
+class NotSiliconFlowError(MalformedResponseError):
+    """The base URL answered a status call with 200 and a body that is not JSON at all
+    (an HTML page, plain text), before any status was ever read from it: it is not a
+    SiliconFlow API. Waits end at once on it; check the base URL."""
+
+    @classmethod
+    def from_answer(
+        cls, exc: MalformedResponseError, base_url: str, request_id: str | None = None
+    ) -> NotSiliconFlowError:
+        """The error for ``exc``, an answer of ``base_url`` that is not JSON at all."""
+        return cls(
+            f"this is not a SiliconFlow API: {base_url} answered a status call with 200 "
+            "and a body that is not JSON",
+            field=exc.field,
+            excerpt=exc.excerpt,
+            request_id=request_id if request_id is not None else exc.request_id,
+        )
 
 
 class APIStatusError(APIError):
@@ -288,11 +316,17 @@ class JobFailedError(SiliconFlowError):
 class WaitTimeoutError(SiliconFlowError, TimeoutError):
     """``wait(..., timeout=...)`` ran out before the job finished.
 
-    The job itself goes on at SiliconFlow; wait for it again later.
+    With a ``last_status``, the job goes on at SiliconFlow: wait for it again later.
+    Without one, no status was read in that time (the API was unreachable, or kept
+    failing), so nothing is known about the job.
     """
 
     def __init__(self, request_id: str, timeout: float, last_status: str | None) -> None:
-        seen = f"; last status {last_status}" if last_status else ""
+        seen = (
+            f"; last status {last_status}"
+            if last_status
+            else "; no status was read for it in that time"
+        )
         super().__init__(
             f"job {request_id!r} did not finish within {timeout:g} s{seen}",
             request_id=request_id,

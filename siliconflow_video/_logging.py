@@ -15,6 +15,10 @@ logger = logging.getLogger("siliconflow_video")
 
 REDACTED = "***"
 
+#: The attribute a log record carries when a download waits for another process (holding
+#: the video's ``.part`` lock): the request id, for a progress display to show it.
+WAITING_FOR = "siliconflow_video_waiting_for"
+
 _URL_QUERY = re.compile(r"""(\w+://[^\s?#'"<>]*)[?#][^\s'"<>]*""")
 
 

@@ -47,6 +47,7 @@ from ._exceptions import (
     APIConnectionError,
     APIError,
     MalformedResponseError,
+    NotSiliconFlowError,
     RateLimitError,
     SiliconFlowError,
 )
@@ -325,14 +326,8 @@ class Poller:
 
     def _unusable(self, job: _Job, exc: MalformedResponseError) -> MalformedResponseError | None:
         """The error that ends the wait on this unusable answer, or None to ask again."""
-        if not self._status_seen and _not_json_at_all(exc):
-            return MalformedResponseError(
-                f"this is not a SiliconFlow API: {self._base_url} answered a status call "
-                "with 200 and a body that is not JSON (check the base URL)",
-                field=exc.field,
-                excerpt=exc.excerpt,
-                request_id=job.request_id,
-            )
+        if not self._status_seen and exc.not_json_at_all:
+            return NotSiliconFlowError.from_answer(exc, self._base_url, job.request_id)
         now = self._now()
         if job.malformed == 0:
             job.malformed_since = now
@@ -404,10 +399,3 @@ def _tell(listener: StatusListener, status: VideoStatus) -> None:
 def _problem(exc: MalformedResponseError) -> str:
     """What was wrong with the body, without the field and excerpt the message ends with."""
     return exc.message.removesuffix(f" at {exc.field}; body starts {exc.excerpt!r}")
-
-
-def _not_json_at_all(exc: MalformedResponseError) -> bool:
-    """A body that does not even start like JSON (an HTML page, plain text): not a JSON
-    answer cut short, which starts like one and may be a passing fault."""
-    start = exc.excerpt.lstrip()[:1]
-    return exc.field == "$" and "not JSON" in exc.message and start not in ("", "{", "[", '"')

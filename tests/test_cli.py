@@ -433,17 +433,43 @@ def test_destination_that_is_a_file(server: FakeSiliconFlow, tmp_path: Path) -> 
 
 
 def test_disk_full(server: FakeSiliconFlow, tmp_path: Path) -> None:
-    """A 2 MiB video into a 1 MiB tmpfs: exit 1, one 'disk full' line, no final file."""
+    """A 2 MiB video into a 1 MiB tmpfs: refused once its size is known, before a byte is
+    written: exit 1, one line with the sizes, no final file and no partial one."""
     rid = server.add_job(videos=[2 * MiB])
     with small_tmpfs(tmp_path / "small") as small:
         if small is None:
             pytest.skip("cannot mount a tmpfs here")
-        proc = cli("download", rid, "-o", str(small), env=env_for(server))
+        proc = cli("download", rid, "-o", str(small), "--no-journal", env=env_for(server))
         assert proc.returncode == 1
         assert_clean(proc)
         (line,) = error_lines(proc.stderr)
-        assert "disk full" in line
-        assert not (small / f"{rid}_0.mp4").exists()
+        assert f"not enough free space in {small} for {rid}_0.mp4: 2.0 MiB still to download" in (
+            line
+        )
+        assert "free space" in line.partition(" — ")[2]
+        assert sorted(p.name for p in small.iterdir()) == []
+
+
+def test_videos_that_fit_one_by_one_but_not_together(
+    server: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """Two 600 KiB videos for a 1 MiB tmpfs: the one that fits is saved, the other is
+    refused with the sizes (counting what the first still takes), not left half-written."""
+    ids = [server.add_job(videos=[600 * 1024]) for _ in range(2)]
+    with small_tmpfs(tmp_path / "small") as small:
+        if small is None:
+            pytest.skip("cannot mount a tmpfs here")
+        args = ("download", *ids, "-o", str(small), "--no-journal", "--json")
+        proc = cli(*args, "--concurrency", "2", env=env_for(server))
+        assert proc.returncode == 1
+        rows = json_lines(proc.stdout)
+        ok = [r for r in rows if r["error"] is None]
+        refused = [r for r in rows if r["error"] is not None]
+        assert len(ok) == 1
+        assert len(refused) == 1
+        assert "not enough free space" in refused[0]["error"]["message"]
+        assert sha256_of(ok[0]["paths"][0]) == server.video_sha256(ok[0]["request_id"])
+        assert not list(small.glob("*.part"))
 
 
 def test_folder_without_write_permission(server: FakeSiliconFlow, tmp_path: Path) -> None:

@@ -442,3 +442,84 @@ def test_download_on_a_small_terminal(server: FakeSiliconFlow, tmp_path: Path) -
     text = "\n".join(terminal_lines(raw))
     assert "reused (already complete) 64.0 KiB" in text
     assert "failed: job failed: content policy" in text
+
+
+class Screen:
+    """Just enough of a terminal to read what rich's live display leaves on the screen:
+    text, carriage return, line feed, cursor up/down, column moves and line erases."""
+
+    def __init__(self, width: int = 80) -> None:
+        self.width = width
+        self.lines: list[list[str]] = [[]]
+        self.row = 0
+        self.col = 0
+
+    def feed(self, raw: bytes) -> list[str]:
+        text = re.sub(r"\x1b\][^\x07]*\x07", "", raw.decode("utf-8", "replace"))
+        for piece in re.split(r"(\x1b\[[0-9;?]*[A-Za-z]|[\r\n])", text):
+            if not piece:
+                continue
+            if piece == "\r":
+                self.col = 0
+            elif piece == "\n":
+                self.down(1)
+            elif piece.startswith("\x1b["):
+                self.control(piece[2:-1], piece[-1])
+            else:
+                for char in piece:
+                    self.put(char)
+        return ["".join(line).rstrip() for line in self.lines]
+
+    def down(self, count: int) -> None:
+        self.row += count
+        while len(self.lines) <= self.row:
+            self.lines.append([])
+
+    def control(self, args: str, kind: str) -> None:
+        count = int(args) if args.isdigit() else 1
+        if kind == "A":
+            self.row = max(0, self.row - count)
+        elif kind == "B":
+            self.down(count)
+        elif kind == "G":
+            self.col = count - 1
+        elif kind == "K":
+            line = self.lines[self.row]
+            if args == "2":
+                line.clear()
+            else:
+                del line[self.col :]
+
+    def put(self, char: str) -> None:
+        if self.col >= self.width:
+            self.col = 0
+            self.down(1)
+        line = self.lines[self.row]
+        line.extend(" " * (self.col + 1 - len(line)))
+        line[self.col] = char
+        self.col += 1
+
+
+def test_rows_on_the_same_terminal_print_above_the_board(
+    server: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """stdout and stderr on one terminal: each id's result row is printed above the live
+    board as the id finishes, whole, and the board is drawn once below them, not torn."""
+    env = {**clean_env(), "SILICONFLOW_API_KEY": KEY, "SILICONFLOW_BASE_URL": server.base_url}
+    ids = [server.add_job(videos=[24 * 1024 * (n + 1)]) for n in range(3)]
+    for rid in ids:
+        server.add_fault("video", SlowBody(bytes_per_second=48 * 1024), request_id=rid)
+    args = ["download", *ids, "-o", str(tmp_path), "--concurrency", "1"]
+    code, raw, _ = run_on_terminal(args, env)
+    assert code == 0, raw.decode(errors="replace")
+    # A wide screen: a long result row stays one line (a real terminal wraps it; rich's
+    # board, cut to 80 columns, never wraps).
+    final = [line for line in Screen(width=10_000).feed(raw) if line.strip()]
+    rows = [line for line in final if line.split()[:1] and line.split()[0] in ids]
+    assert [line.split()[:2] for line in rows] == [[rid, "Succeed"] for rid in ids]
+    for rid, line in zip(ids, rows, strict=True):
+        assert line.endswith(str(tmp_path / f"{rid}_0.mp4"))
+    assert sum(line.startswith("all jobs:") for line in final) == 1, final
+    header = final.index(next(line for line in final if line.startswith("all jobs:")))
+    assert header > final.index(rows[-1])  # the board stays below the results
+    assert final[header].startswith("all jobs: 3 done, 0 failed, 0 still waiting")

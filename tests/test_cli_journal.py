@@ -393,3 +393,84 @@ def test_one_submit_with_a_journal_records_it(server: FakeSiliconFlow, tmp_path:
     assert job["dest"] == str(tmp_path)
     assert sha256_of(tmp_path / f"{rid}_0.mp4") == server.video_sha256(rid)
     assert KEY not in Path(journal).read_bytes().decode("latin-1")
+
+
+def test_a_reset_submit_costs_only_its_own_line(server: FakeSiliconFlow, tmp_path: Path) -> None:
+    """submit --from-file --download with one POST reset: that line is submit_unknown (never
+    sent again), every other line is submitted and its video downloaded once; a rerun
+    sends nothing and reuses every file."""
+    file = prompts(
+        tmp_path / "p.jsonl",
+        *({"model": MODEL, "prompt": f"reset {n}", "key": f"r{n}"} for n in range(4)),
+    )
+    out = tmp_path / "v"
+    server.add_fault("submit", ConnectionReset(), times=1)
+    before = len(server.requests_for("submit"))
+    args = ("submit", "--from-file", str(file), "--download", str(out), "--json")
+    proc = cli(*args, env=env_for(server))
+    assert proc.returncode == 1, proc.stderr
+    assert_clean(proc)
+    lines = json_lines(proc.stdout)
+    results = sorted(r["result"] for r in lines if "line" in r)
+    assert results == ["submit_unknown", "submitted", "submitted", "submitted"]
+    [lost] = [r for r in lines if r.get("result") == "submit_unknown"]
+    assert "never sent again" in lost["error"]["message"]
+    made = {r["request_id"] for r in lines if r.get("result") == "submitted"}
+    rows = [r for r in lines if "status" in r]
+    assert {r["request_id"] for r in rows} == made
+    for row in rows:
+        assert row["error"] is None
+        assert sha256_of(row["paths"][0]) == server.video_sha256(row["request_id"])
+        assert len(server.requests_for("video", row["request_id"])) == 1
+    sent = len(server.requests_for("submit"))
+    assert sent - before == 4
+    again = json_lines(cli(*args, env=env_for(server)).stdout)
+    assert len(server.requests_for("submit")) == sent
+    assert sorted(r["result"] for r in again if "line" in r) == [
+        "already_submitted",
+        "already_submitted",
+        "already_submitted",
+        "submit_unknown",
+    ]
+    reused = [f["reused"] for r in again if "status" in r for f in r["files"]]
+    assert reused == [True, True, True]
+    for rid in made:
+        assert len(server.requests_for("video", rid)) == 1
+
+
+def test_no_balance_midway_stops_the_posts_not_the_downloads(
+    server: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """submit --from-file --download when the balance runs out after two POSTs: no POST
+    after the 402, one error line for it, and the two jobs made are still downloaded."""
+    from siliconflow_video.testing import Slow, payment_required
+
+    file = prompts(
+        tmp_path / "p.jsonl",
+        *({"model": MODEL, "prompt": f"paid {n}", "key": f"paid{n}"} for n in range(6)),
+    )
+    out = tmp_path / "v"
+    first_two = server.add_fault("submit", Slow(0), times=2)  # answered as usual
+    broke = server.add_fault("submit", payment_required(), times=None)
+    try:
+        before = len(server.requests_for("submit"))
+        proc = cli(
+            "submit", "--from-file", str(file), "--download", str(out), "--json",
+            env=env_for(server),
+        )  # fmt: skip
+        posts = len(server.requests_for("submit")) - before
+    finally:
+        server.remove_fault(broke)
+        if first_two in server.faults:
+            server.remove_fault(first_two)
+    assert proc.returncode == 1, proc.stderr
+    assert_clean(proc)
+    lines = json_lines(proc.stdout)
+    made = {r["request_id"] for r in lines if r.get("result") == "submitted"}
+    assert len(made) == 2
+    assert posts <= 2 + 4  # the POSTs in flight when the 402 came, and none after
+    rows = [r for r in lines if "status" in r]
+    assert {r["request_id"] for r in rows} == made
+    for row in rows:
+        assert sha256_of(row["paths"][0]) == server.video_sha256(row["request_id"])
+    assert any("balance" in line or "402" in line for line in error_lines(proc.stderr)), proc.stderr

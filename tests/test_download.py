@@ -1131,14 +1131,17 @@ def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
 async def test_real_full_disk_is_a_clear_error(
     fake: FakeSiliconFlow, session: aiohttp.ClientSession, tiny_tmpfs: Path
 ) -> None:
-    """Writing 2 MiB into a real 1 MiB tmpfs gives "disk full while writing", with the
-    OSError chained, and nothing under the final name."""
+    """2 MiB announced for a real 1 MiB tmpfs: refused before a byte is written ("not
+    enough free space", an ENOSPC chained), nothing under the final name, no .part left.
+    (ENOSPC in the middle of a write is the test with a full Disk above.)"""
     rid = fake.add_job(videos=[2 * MIB])
     path = tiny_tmpfs / "v.mp4"
-    with pytest.raises(DownloadError, match="disk full while writing") as info:
+    with pytest.raises(DownloadError, match=r"not enough free space in .*: 2\.0 MiB") as info:
         await fetch(session, await status_url(session, fake, rid), path, rid=rid)
     assert isinstance(info.value.__cause__, OSError)
+    assert info.value.__cause__.errno == errno.ENOSPC
     assert not path.exists()
+    assert not path.with_name("v.mp4.part").exists()
     assert len(fake.requests_for("video", rid)) == 1
 
 

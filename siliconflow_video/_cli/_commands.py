@@ -49,12 +49,15 @@ from .._exceptions import (
     DownloadError,
     JournalError,
     JournalReadOnlyError,
+    MalformedResponseError,
     NotFoundError,
+    NotSiliconFlowError,
     PaymentRequiredError,
     PermissionDeniedError,
     SiliconFlowError,
     SubmitUnknownError,
     UnsafeFileNameError,
+    WaitTimeoutError,
 )
 from .._journal import JobRecord, JobState, Journal, journal_name, open_journal, read_jobs
 from .._logging import RedactingFilter
@@ -94,6 +97,7 @@ _GLOBAL_ERRORS = (
     APIConnectionError,
     AuthenticationError,
     NotFoundError,
+    NotSiliconFlowError,
     PaymentRequiredError,
     PermissionDeniedError,
 )
@@ -135,6 +139,7 @@ class Cli:
         self.api_key = api_key
         self.key_from = "--api-key" if getattr(args, "api_key", None) else API_KEY_ENV
         self.stdout = stdout
+        self.same_terminal = _same_terminal(stdout, display.stream)
         self.submitted: str | None = None
         self.terminated = False
         self.output_failed = False
@@ -151,8 +156,11 @@ class Cli:
     # -- output
 
     def out(self, line: str) -> None:
+        line = self.redact(line)
+        if self.same_terminal and self.display.print_above(line):
+            return  # drawn above the live board, which would otherwise draw over it
         try:
-            write_text(self.stdout, self.redact(line))
+            write_text(self.stdout, line)
         except BrokenPipeError:
             raise  # | head has read enough: run() ends quietly
         except OSError as exc:
@@ -212,13 +220,18 @@ class Cli:
         if self.args.quiet:
             return
         rows = list(self.rows.values())
-        ok = [r for r in rows if r.error is None]
+        skipped = [r for r in rows if r.error is None and r.skipped]
+        ok = [r for r in rows if r.error is None and not r.skipped]
         reused = [r for r in ok if r.files and all(f.reused for f in r.files)]
+        timed_out = sum(isinstance(r.error, WaitTimeoutError) for r in rows)
+        failed = len(rows) - len(ok) - len(skipped) - timed_out
         fetched = sum(f.size for r in rows for f in r.files if not f.reused)
         seconds = time.monotonic() - self.started
+        kept = f"{len(skipped)} skipped (file already there), " if skipped else ""
+        late = f"{timed_out} timed out, " if timed_out else ""
         self.err(
-            f"summary: {len(ok)} succeeded ({len(reused)} already complete), "
-            f"{len(rows) - len(ok)} failed, {len(self.ids) - len(rows)} unfinished; "
+            f"summary: {len(ok)} succeeded ({len(reused)} already complete), {kept}"
+            f"{late}{failed} failed, {len(self.ids) - len(rows)} unfinished; "
             f"{human_size(fetched)} downloaded in {seconds:.1f} s"
         )
 
@@ -243,6 +256,9 @@ class Cli:
             await client.get_status(request_ids[0])
         except _GLOBAL_ERRORS:
             raise
+        except MalformedResponseError as exc:
+            if exc.not_json_at_all:  # an HTML page: no id will fare better
+                raise NotSiliconFlowError.from_answer(exc, client.base_url) from None
         except SiliconFlowError:
             pass  # about this id only: the command reports it in its row
 
@@ -285,6 +301,10 @@ class Cli:
             changes["connect_timeout"] = args.connect_timeout
         if args.read_timeout is not None:
             changes["read_timeout"] = args.read_timeout
+        if args.limit_rate is not None:
+            changes["max_bytes_per_second"] = args.limit_rate
+        if args.force:
+            changes["foreign_files"] = "replace"
         return attrs.evolve(CLI_DOWNLOAD, **changes)
 
     def downloading_client(self, journal: Path | str | None) -> AsyncClient:
@@ -326,12 +346,17 @@ class Cli:
         outcomes = client.download_as_completed(
             ids, dest, timeout=timeout, progress=self.display.event, naming=self.naming()
         )
+        no_clobber = getattr(self.args, "no_clobber", False)
+        self.display.keep_foreign = no_clobber
         try:
             async with contextlib.aclosing(outcomes):
                 async for outcome in outcomes:
+                    row = Row.from_outcome(outcome, no_clobber=no_clobber)
                     # The files say which were reused: the live board shows it.
-                    self.display.finished(outcome.request_id, outcome.error, outcome.files)
-                    self.emit(Row.from_outcome(outcome))
+                    self.display.finished(
+                        outcome.request_id, row.error, outcome.files, skipped=row.skipped
+                    )
+                    self.emit(row)
         except BaseExceptionGroup as group:
             raise _first_leaf(group) from None
         missing = SiliconFlowError("no result came back for this id")
@@ -467,6 +492,10 @@ class Cli:
 
         async with self.client(max_concurrent_requests=args.max_requests) as client:
             first = await one(client, ids[0])
+            error = first.error
+            if isinstance(error, MalformedResponseError) and error.not_json_at_all:
+                error = NotSiliconFlowError.from_answer(error, client.base_url)
+                return self.failed_everywhere(ids, error)
             if isinstance(first.error, _GLOBAL_ERRORS):
                 return self.failed_everywhere(ids, first.error)
             rest = await asyncio.gather(*(one(client, rid) for rid in ids[1:]))
@@ -587,17 +616,29 @@ class Cli:
                     for line in lines:
                         tasks.create_task(submits.one(line))
                 results = submits.results
-                if submits.stopped is not None:
-                    if any(rid is not None for _, rid, _ in results):
+                rids = list(dict.fromkeys(rid for _, rid, _ in results if rid is not None))
+                errors = [err for _, _, err in results if err is not None]
+                stopped = submits.stopped
+                # No balance (402) stops the POSTs, not the status calls: the jobs made
+                # before it are still waited for and downloaded.
+                if stopped is not None and not (
+                    isinstance(stopped, PaymentRequiredError) and args.download and rids
+                ):
+                    if rids:
                         log.info(
                             "the jobs submitted are in the journal: get their videos with "
                             "siliconflow-video resume --journal %s; the lines not sent go "
                             "with the same command run again",
                             journal_name(journal_file),
                         )
-                    raise submits.stopped
-                rids = list(dict.fromkeys(rid for _, rid, _ in results if rid is not None))
-                errors = [err for _, _, err in results if err is not None]
+                    raise stopped
+                if stopped is not None:
+                    self.error(stopped)
+                    log.info(
+                        "no more lines were sent; they go with the same command run again; "
+                        "the %d jobs made are downloaded now",
+                        len(rids),
+                    )
                 if args.download and rids:
                     self.ids = rids
                     self.display.track(rids, downloading=True)
@@ -691,6 +732,16 @@ class Cli:
         return f"{how} — partial downloads are kept and will resume on the next run"
 
 
+def _same_terminal(one: TextIO, other: TextIO) -> bool:
+    """Whether both streams are the same terminal (stdout and stderr in one window)."""
+    try:
+        if not (one.isatty() and other.isatty()):
+            return False
+        return os.path.samestat(os.fstat(one.fileno()), os.fstat(other.fileno()))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The first exception in a (nested) group: a task group's one failure, unwrapped."""
     first = group.exceptions[0]
@@ -734,13 +785,20 @@ class _Submits:
                 "result": result,
             }
             if error is not None:
-                data["error"] = {"type": type(error).__name__, "message": cli.explain(error)[0]}
+                data["error"] = {"type": type(error).__name__, "message": self.words(error, result)}
             cli.out(json.dumps(data))
         else:
             text = f"line {line.number}  {request_id or '-'}  {result}"
             if error is not None:
-                text += f": {cli.explain(error)[0]}"
+                text += f": {self.words(error, result)}"
             cli.out(text)
+
+    def words(self, error: BaseException, result: str) -> str:
+        what = self.cli.explain(error)[0]
+        if result == "submit_unknown" and not isinstance(error, SubmitUnknownError):
+            # "cannot reach" alone would read as "nothing was sent": it may have been.
+            what += "; the submit may have reached SiliconFlow, so it is never sent again"
+        return what
 
     async def state_of(self, key: str) -> str:
         journal = await self.client.journal()
@@ -768,6 +826,11 @@ class _Submits:
                 self.report(line, "submit_unknown", None, exc)
                 return
             except _GLOBAL_ERRORS as exc:
+                if isinstance(exc, APIConnectionError) and exc.maybe_processed:
+                    # The connection broke under this POST (a reset): this line's trouble
+                    # (it may have reached SiliconFlow); "cannot connect" stops them all.
+                    self.report(line, await self.state_of(line.key), None, exc)
+                    return
                 # Every other line would meet it too: no new POST. This line may have
                 # reached SiliconFlow (a dropped connection): say what the journal says.
                 self.stopped = self.stopped or exc

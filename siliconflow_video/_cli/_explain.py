@@ -22,6 +22,7 @@ from .._exceptions import (
     BadRequestError,
     ConfigurationError,
     DownloadError,
+    ForeignFileError,
     JobFailedError,
     JournalBusyError,
     JournalCorruptError,
@@ -34,6 +35,7 @@ from .._exceptions import (
     LeaseHeldError,
     MalformedResponseError,
     NotFoundError,
+    NotSiliconFlowError,
     PaymentRequiredError,
     PermissionDeniedError,
     RateLimitError,
@@ -113,6 +115,7 @@ CONFIG_ERRORS = (
     ConfigurationError,
     AuthenticationError,
     NotFoundError,
+    NotSiliconFlowError,
     UsageError,
     *JOURNAL_SETUP_ERRORS,
 )
@@ -227,6 +230,13 @@ def _job_failed(exc: JobFailedError, where: Where) -> tuple[str, str]:
 
 
 def _wait_timeout(exc: WaitTimeoutError, where: Where) -> tuple[str, str]:
+    if exc.last_status is None:
+        # Nothing was read about the job: whether it exists, or goes on, is not known.
+        return (
+            str(exc),
+            f"check the network and the id ('siliconflow-video status ID' asks {where.base_url} "
+            "once), then run again, or raise --timeout",
+        )
     return (
         str(exc),
         "the job goes on at SiliconFlow; run the command again later, or raise --timeout",
@@ -272,6 +282,24 @@ def _download(exc: DownloadError, where: Where) -> tuple[str, str]:
             "too; check for a proxy or firewall in the way, or submit the job again"
         )
     return str(exc), todo
+
+
+def _not_siliconflow(exc: NotSiliconFlowError, where: Where) -> tuple[str, str]:
+    return (
+        exc.message,  # about the base URL, not one id: many ids make one line
+        f"check --base-url or {BASE_URL_ENV} (SiliconFlow's is {DEFAULT_BASE_URL}, or "
+        "https://api.siliconflow.com/v1 for accounts on siliconflow.com)",
+    )
+
+
+def _foreign(exc: ForeignFileError, where: Where) -> tuple[str, str]:
+    # The library's advice names its own knob; the command line has options for it.
+    what = str(exc).partition(". Move it away")[0]
+    return (
+        what,
+        "move it away, or run again with --force to replace it (--no-clobber: keep it "
+        "and skip that video)",
+    )
 
 
 def _unsafe_name(exc: UnsafeFileNameError, where: Where) -> tuple[str, str]:
@@ -353,11 +381,13 @@ _EXPLAINERS: dict[type[BaseException], Explainer] = {
     APIStatusError: _status,
     APITimeoutError: _api_timeout,
     APIConnectionError: _connection,
+    NotSiliconFlowError: _not_siliconflow,
     MalformedResponseError: _malformed,
     JobFailedError: _job_failed,
     WaitTimeoutError: _wait_timeout,
     VideoURLExpiredError: _url_expired,
     DestinationError: _destination,
+    ForeignFileError: _foreign,
     DownloadError: _download,
     UnsafeFileNameError: _unsafe_name,
     JournalCorruptError: _journal_corrupt,

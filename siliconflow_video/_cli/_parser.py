@@ -64,6 +64,23 @@ def _positive_float(text: str) -> float:
     return value
 
 
+#: --limit-rate suffixes, as curl reads them: powers of 1024.
+_RATE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def _rate(text: str) -> float:
+    """``--limit-rate``: bytes per second, with an optional k/M/G suffix (curl's way)."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgG]?)[bB]?\s*", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a rate like 500k, 2M or 1G (bytes per second)"
+        )
+    value = float(match[1]) * _RATE_UNITS[match[2].lower()]
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte per second, got {text!r}")
+    return value
+
+
 def _folder(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("the folder name is empty")
@@ -150,8 +167,8 @@ def _add_ids(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help="read ids from FILE, one per line ('-': stdin; blank lines and # comments "
-        "are skipped); may be repeated",
+        help="read ids from FILE ('-': stdin): separated by newlines, spaces or commas, "
+        "# starts a comment; may be repeated",
     )
 
 
@@ -159,7 +176,7 @@ def _add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json",
         action="store_true",
-        help="print JSON Lines on stdout, one object per id in the order given",
+        help="print JSON Lines on stdout: one object per id, printed as soon as it is known",
     )
 
 
@@ -168,7 +185,9 @@ def _add_timeout(parser: argparse.ArgumentParser) -> None:
         "--timeout",
         type=_positive_float,
         metavar="S",
-        help="stop waiting after S seconds (jobs go on at SiliconFlow; default: no limit)",
+        help="stop waiting for the jobs after S seconds: the ids not finished by then end "
+        "with exit 3 (they go on at SiliconFlow), downloads already under way finish "
+        "(default: no limit)",
     )
 
 
@@ -230,6 +249,26 @@ def _add_download_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="retry a failing API request or video transfer up to N times "
         "(default: 3 per API request, 7 per video)",
+    )
+    parser.add_argument(
+        "--limit-rate",
+        type=_rate,
+        metavar="RATE",
+        help="download at most RATE bytes per second, all videos together, e.g. 500k, "
+        "2M (k, M, G: 1024, 1024², 1024³ bytes)",
+    )
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a file already at a video's name that siliconflow-video did not "
+        "download as that video (by default such a file is left alone and the id fails)",
+    )
+    existing.add_argument(
+        "--no-clobber",
+        action="store_true",
+        help="keep such a file and skip its video: the id is reported as skipped, not "
+        "failed (wget -nc); the file is not checked",
     )
     parser.add_argument(
         "--connect-timeout",

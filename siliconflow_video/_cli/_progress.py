@@ -33,6 +33,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .._config import DEFAULT_BASE_URL
+from .._exceptions import ForeignFileError, WaitTimeoutError
+from .._logging import WAITING_FOR
 from .._models import EventKind, ProgressEvent, Status, StoredFile, VideoStatus
 from ._explain import explain
 from ._rows import (
@@ -142,7 +144,18 @@ class _Video:
 class _Job:
     """What a display knows of one id."""
 
-    __slots__ = ("done", "error", "failed", "files", "last_status", "meter", "order", "videos")
+    __slots__ = (
+        "done",
+        "error",
+        "failed",
+        "files",
+        "last_status",
+        "meter",
+        "order",
+        "skipped",
+        "videos",
+        "waiting_since",
+    )
 
     def __init__(self, order: int) -> None:
         self.order = order
@@ -152,6 +165,9 @@ class _Job:
         self.failed = False
         self.error: BaseException | None = None
         self.files: tuple[StoredFile, ...] | None = None
+        self.skipped: tuple[str, ...] = ()
+        #: Since when another process holds a lock this id's download needs (None: not).
+        self.waiting_since: float | None = None
         self.meter = Meter()
 
     @property
@@ -189,6 +205,8 @@ class Display:
         self.clock = clock
         self.jobs: dict[str, _Job] = {}
         self.downloading = False
+        #: --no-clobber: a file already at a video's name makes its id skipped, not failed.
+        self.keep_foreign = False
         # Counted as ids finish: recounting every job on each finish is O(n^2) per batch.
         self.done_count = 0
         self.failed_count = 0
@@ -209,6 +227,12 @@ class Display:
     def write_line(self, text: str) -> None:
         """Print one line on the display's stream."""
         write_text(self.stream, text)
+
+    def print_above(self, text: str) -> bool:
+        """Print a line of results above a live board, if one is showing (when stdout and
+        stderr are one terminal, a line written straight to stdout would be drawn over);
+        False when there is none, and the caller writes it itself."""
+        return False
 
     def job(self, request_id: str) -> _Job:
         job = self.jobs.get(request_id)
@@ -233,6 +257,7 @@ class Display:
 
     def _event(self, event: ProgressEvent) -> None:
         job = self.job(event.request_id)
+        job.waiting_since = None  # any news of the id: the other process let go
         if event.kind is EventKind.STATUS and event.status is not None:
             self._changed(event.request_id, job, event.status)
         elif event.kind in (EventKind.BYTES, EventKind.FILE) and event.index is not None:
@@ -255,6 +280,11 @@ class Display:
         elif event.kind is EventKind.DONE:
             self.finished(event.request_id, event.error)
 
+    def waiting(self, request_id: str) -> bool:
+        """A download of the id waits for another process (its ``.part`` lock); True when
+        the display shows that itself, False when the log line should say it."""
+        return False
+
     def listener(self, request_id: str) -> Callable[[VideoStatus], None]:
         """A status listener for one id, for waits that download nothing."""
 
@@ -274,12 +304,19 @@ class Display:
         request_id: str,
         error: BaseException | None,
         files: Iterable[StoredFile] | None = None,
+        *,
+        skipped: Sequence[str] = (),
     ) -> None:
         """The id is done, with ``error`` or without; ``files`` (its outcome's) tell which
-        videos were reused. They may come after the batch's own "done" event."""
+        videos were reused, ``skipped`` which files were kept in place of their videos
+        (``--no-clobber``). They may come after the batch's own "done" event."""
         job = self.job(request_id)
         if files is not None:
             job.files = tuple(files)
+        if self.keep_foreign and isinstance(error, ForeignFileError) and error.path:
+            skipped, error = (error.path,), None
+        if skipped and not job.done:
+            job.skipped = tuple(skipped)
         if job.done:
             return
         job.done = True
@@ -356,7 +393,13 @@ class PlainDisplay(Display):
 
     def _done(self, request_id: str, job: _Job, error: BaseException | None) -> None:
         # The error itself is printed once, in the results and the closing summary.
-        log.info("%s: %s", printable(request_id), "done" if error is None else "failed")
+        if job.skipped:
+            words = f"skipped: {', '.join(job.skipped)} already exists (kept as it is)"
+        elif isinstance(error, WaitTimeoutError):
+            words = "timed out (--timeout)"
+        else:
+            words = "done" if error is None else "failed"
+        log.info("%s: %s", printable(request_id), words)
 
 
 # -- the live board ---------------------------------------------------------------------
@@ -371,9 +414,25 @@ CHECKING = "checking status"
 FAILED = "failed"
 DONE = "done"
 REUSED = "reused (already complete)"
+SKIPPED = "skipped (file already there)"
+LOCKED = "waiting for another process"
 
 #: The order rows are picked in when not every id fits, and the summary line's order.
-PRIORITY = (DOWNLOADING, SLOT, RUNNING, SUCCEEDED, QUEUED, CHECKING, FAILED, REUSED, DONE)
+PRIORITY = (
+    DOWNLOADING,
+    LOCKED,
+    SLOT,
+    RUNNING,
+    SUCCEEDED,
+    QUEUED,
+    CHECKING,
+    FAILED,
+    SKIPPED,
+    REUSED,
+    DONE,
+)
+#: The states of an id that is finished.
+FINISHED = (FAILED, SKIPPED, REUSED, DONE)
 #: How each state is named in the summary line.
 SHORT = {
     DOWNLOADING: "downloading",
@@ -384,6 +443,8 @@ SHORT = {
     CHECKING: "checking",
     FAILED: "failed",
     REUSED: "reused",
+    SKIPPED: "skipped",
+    LOCKED: "waiting for another process",
     DONE: "done",
 }
 STYLE = {
@@ -395,6 +456,8 @@ STYLE = {
     SUCCEEDED: "green",
     FAILED: "red",
     REUSED: "green",
+    SKIPPED: "yellow",
+    LOCKED: "yellow",
     DONE: "green",
 }
 
@@ -436,10 +499,16 @@ class LiveDisplay(Display):
             live.stop()  # draws the last state once more, and leaves it on the screen
 
     def write_line(self, text: str) -> None:
-        if self._live is not None:
-            self.console.print(Text(text), soft_wrap=True)
-        else:
+        if not self.print_above(text):
             write_text(self.stream, text)
+
+    def print_above(self, text: str) -> bool:
+        with self._lock:
+            if self._live is None:
+                return False
+            # Through rich's console, which clears the board, prints, and draws it again.
+            self.console.print(Text(text), soft_wrap=True)
+            return True
 
     # -- state, under the lock -----------------------------------------------------------
 
@@ -460,7 +529,9 @@ class LiveDisplay(Display):
                     transient=False,
                 )
         if start and self._live is not None:
-            self._live.start()
+            # A first frame now: a batch the journal settles at once may end before the
+            # first refresh.
+            self._live.start(refresh=True)
 
     def event(self, event: ProgressEvent) -> None:
         with self._lock:
@@ -475,9 +546,18 @@ class LiveDisplay(Display):
         request_id: str,
         error: BaseException | None,
         files: Iterable[StoredFile] | None = None,
+        *,
+        skipped: Sequence[str] = (),
     ) -> None:
         with self._lock:
-            super().finished(request_id, error, files)
+            super().finished(request_id, error, files, skipped=skipped)
+
+    def waiting(self, request_id: str) -> bool:
+        with self._lock:
+            job = self.job(request_id)
+            if not job.done and job.waiting_since is None:
+                job.waiting_since = self.clock()
+            return self._live is not None
 
     def _started(self, job: _Job) -> None:
         self.overall.mark(self.clock())
@@ -493,9 +573,13 @@ class LiveDisplay(Display):
         if job.done:
             if job.failed:
                 return FAILED
+            if job.skipped:
+                return SKIPPED
             if job.files and all(f.reused for f in job.files):
                 return REUSED
             return DONE
+        if job.waiting_since is not None:
+            return LOCKED
         if job.transferring:
             return DOWNLOADING
         status = job.last_status
@@ -528,6 +612,10 @@ class LiveDisplay(Display):
             return f"failed: {failure_words(job.error, request_id, self.explain)}"
         if state == REUSED:
             return f"{REUSED} {human_size(job.bytes_done)}"
+        if state == SKIPPED:
+            return f"skipped: {', '.join(job.skipped)} already exists (kept as it is)"
+        if state == LOCKED and job.waiting_since is not None:
+            return f"{LOCKED} ({human_duration(now - job.waiting_since)})"
         if state == DONE and job.videos:
             reused = f" ({job.reused} reused)" if job.reused else ""
             return f"done {human_size(job.bytes_done)}{reused}"
@@ -555,7 +643,7 @@ class LiveDisplay(Display):
             shown = list(self.jobs)
         else:
             rank = {state: i for i, state in enumerate(PRIORITY)}
-            active = [rid for rid, s in states.items() if s not in (FAILED, DONE, REUSED)]
+            active = [rid for rid, s in states.items() if s not in FINISHED]
             active.sort(key=lambda rid: (rank[states[rid]], self.jobs[rid].order))
             shown = sorted(active[:budget], key=lambda rid: self.jobs[rid].order)
         if shown:
@@ -581,7 +669,7 @@ class LiveDisplay(Display):
         # Sizes are known only once a video starts: until every id left is downloading
         # (none queued, running or waiting for a slot), the total is only a part of it.
         every_size_known = None not in known and all(
-            states[rid] in (DOWNLOADING, FAILED, DONE, REUSED) for rid in self.jobs
+            states[rid] in (DOWNLOADING, *FINISHED) for rid in self.jobs
         )
         parts = [f"{human_size(done_bytes)} of {human_size(total)}"]
         if not every_size_known:
@@ -661,6 +749,9 @@ class DisplayHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            request_id = getattr(record, WAITING_FOR, None)
+            if isinstance(request_id, str) and self.display.waiting(request_id):
+                return  # its row says it
             self.display.write_line(self.format(record))
         except Exception:  # noqa: BLE001 - logging must never break the command
             self.handleError(record)

@@ -8,7 +8,7 @@ from typing import Any, TextIO
 
 import attrs
 
-from .._exceptions import JobFailedError
+from .._exceptions import ForeignFileError, JobFailedError
 from .._models import Outcome, Status, StoredFile, VideoStatus
 from ._explain import explain
 
@@ -103,18 +103,27 @@ class Row:
     error: BaseException | None = None
     urls: tuple[str, ...] | None = None  # None: a download row, which has no "urls" key
     files: tuple[StoredFile, ...] = ()
+    #: Files kept as they were, their videos not downloaded (``--no-clobber``).
+    skipped: tuple[str, ...] = ()
 
     @classmethod
-    def from_outcome(cls, outcome: Outcome) -> Row:
+    def from_outcome(cls, outcome: Outcome, *, no_clobber: bool = False) -> Row:
+        """The row of one id; with ``no_clobber``, a file already at a video's name that
+        was not downloaded as that video makes the id skipped, not failed."""
         status = outcome.status
+        error = outcome.error
+        skipped: tuple[str, ...] = ()
+        if no_clobber and isinstance(error, ForeignFileError) and error.path is not None:
+            skipped, error = (error.path,), None
         return cls(
             request_id=outcome.request_id,
             status=status.status.value if status else None,
             reason=(status.reason or None) if status else None,
             paths=tuple(f.location for f in outcome.files),
             sha256=tuple(f.sha256 for f in outcome.files),
-            error=outcome.error,
+            error=error,
             files=outcome.files,
+            skipped=skipped,
         )
 
     @classmethod
@@ -150,6 +159,8 @@ class Row:
             ],
             "error": None,
         }
+        if self.skipped:
+            data["skipped"] = list(self.skipped)
         if self.urls is not None:
             data["urls"] = list(self.urls)
         if self.error is not None:
@@ -165,6 +176,7 @@ class Row:
             parts.append(f"reason: {self.error.reason or 'none given'}")
         else:
             parts += list(self.paths)
+            parts += [f"skipped: {path} already exists (kept as it is)" for path in self.skipped]
             if self.urls:
                 parts += list(self.urls)
             if self.error is not None:

@@ -29,7 +29,7 @@ The modules, in the order the data goes through them:
 - ``_partfile``: ``.part``, its sidecar and lock, and what disk errors mean.
 """
 
-from ._fetch import Fetch, HostClock, IdleDeadline, Progress, Sink, Source
+from ._fetch import Fetch, HostClock, IdleDeadline, Progress, Sink, Source, Throttle
 from ._partfile import Validator, disk_message
 from ._transfer import PartFile, VideoFile, download_video
 from ._writer import OS_DISK, Disk, DiskWrites, OSDisk, PartWrite
@@ -47,6 +47,7 @@ __all__ = [
     "Progress",
     "Sink",
     "Source",
+    "Throttle",
     "Validator",
     "VideoFile",
     "disk_message",

@@ -48,7 +48,7 @@ from ._responses import (
     range_was_complete,
 )
 
-__all__ = ["Fetch", "HostClock", "IdleDeadline", "Progress", "Sink", "Source"]
+__all__ = ["Fetch", "HostClock", "IdleDeadline", "Progress", "Sink", "Source", "Throttle"]
 
 _R_co = TypeVar("_R_co", covariant=True)
 
@@ -211,6 +211,44 @@ class IdleDeadline:
         self.heard(force=True)
 
 
+class Throttle:
+    """A cap on the bytes per second of every transfer that shares it (one per client):
+    ``DownloadPolicy.max_bytes_per_second``, as curl's ``--limit-rate``.
+
+    Virtual scheduling: each piece books the time its bytes take at the cap after the
+    bookings before it, and waits until it is at most ``burst`` seconds ahead of the clock.
+    Transfers that share it take turns piece by piece, so the sum stays under the cap
+    however many there are. A throttle with no rate (None) never waits.
+    """
+
+    #: How far ahead of the clock bookings may run before a piece waits: pieces are
+    #: small and frequent, and a sleep of a few milliseconds is not worth its wakeup.
+    burst = 0.05
+
+    def __init__(
+        self,
+        *,
+        now: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        # The running loop's clock by default; tests give their own clock and sleep.
+        self._now = now
+        self._sleep = sleep
+        self._booked_until = 0.0
+
+    async def take(self, count: int, rate: float | None, clock: HostClock) -> None:
+        """Book ``count`` bytes at ``rate`` bytes/s; sleep (the host's idle clock standing
+        still: we are the slow one) until they fit under the cap."""
+        if rate is None or count <= 0:
+            return
+        now = self._now() if self._now is not None else asyncio.get_running_loop().time()
+        self._booked_until = max(self._booked_until, now) + count / rate
+        delay = self._booked_until - now - self.burst
+        if delay > 0:
+            with clock.paused():
+                await self._sleep(delay)
+
+
 class Fetch:
     """Moves the bytes of one video into a sink, with tries and URL refreshes.
 
@@ -225,9 +263,13 @@ class Fetch:
         policy: DownloadPolicy,
         on_progress: Progress | None,
         proxies: Proxies = no_proxies,
+        throttle: Throttle | None = None,
     ) -> None:
         self.session = session
         self.proxies = proxies
+        # One per client, shared by its transfers (DownloadPolicy.max_bytes_per_second);
+        # a throttle of this transfer's own when none is given.
+        self.throttle = throttle if throttle is not None else Throttle()
         self.source = source
         self.refresh_url = refresh_url
         self.policy = policy
@@ -436,7 +478,10 @@ class Fetch:
         # iter_any: the pieces as they came off the socket (joined only when several wait,
         # which is rare), not regrouped into fixed sizes: iter_chunked's join copied every
         # byte once more.
-        body = resp.content.iter_any()
+        body: AsyncIterator[bytes] = resp.content.iter_any()
+        if self.policy.max_bytes_per_second is not None:
+            body = self._throttled(body)
+        start = sink.done
         if encoding is None:
             self.total = total
             await sink.copy(body)
@@ -461,6 +506,22 @@ class Fetch:
             await self._start_over()
             raise _Retry(f"the host sent more than the {total} bytes it announced")
         self.decoded_prefix = False
+        # -v: each video request that brought its body, never with its signed query.
+        logger.debug(
+            "GET %s%s: HTTP %d, %d bytes (requestId %s, video %d)",
+            redact_url(self.source.url),
+            f" Range: bytes={start}-" if resp.status == 206 else "",
+            resp.status,
+            sink.done - start,
+            self.source.request_id,
+            self.source.index,
+        )
+
+    async def _throttled(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        rate = self.policy.max_bytes_per_second
+        async for chunk in body:
+            await self.throttle.take(len(chunk), rate, self.clock)
+            yield chunk
 
     # -- expiry and retries
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 import attrs
 
 from .._exceptions import DownloadError
-from .._logging import logger, redact_url, scrub_urls
+from .._logging import WAITING_FOR, logger, redact_url, scrub_urls
 
 if sys.platform != "win32":
     import fcntl
@@ -290,8 +290,15 @@ async def lock_part(ctx: Context, finished: Callable[[], bool]) -> PartLock | No
         except OSError as exc:
             raise ctx.disk_error(exc, "create", ctx.part) from exc
         try:
+            told = False
             while not _try_lock(fd):
-                logger.debug("%s is locked by another download; waiting", ctx.part)
+                if not told:  # once per wait: a display shows it for this id
+                    told = True
+                    logger.info(
+                        "waiting for another process: it is writing %s",
+                        ctx.part,
+                        extra={WAITING_FOR: ctx.request_id},
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _LOCK_POLL_MAX)
             # The holder may have renamed the file we opened to the final name (or removed

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import shutil
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -82,7 +84,7 @@ async def download_video(
             # Completed by a holder we never waited for; what is in .part is a leftover.
             await ctx.disk("remove", ctx.part, remove_leftovers, ctx.part, ctx.meta)
             return done
-        fetch = Fetch(session, ctx, refresh_url, policy, on_progress, proxies)
+        fetch = Fetch(session, ctx, refresh_url, policy, on_progress, proxies, writes.throttle)
         return await fetch.run(PartFile(ctx, lock, policy, writes, fetch))
     finally:
         lock.release()
@@ -104,6 +106,8 @@ async def _reuse_complete(
     there is none, or ours no longer has its recorded size (it is fetched again). Anything
     else under that name is an error, and is left as it is."""
     state, size = await asyncio.to_thread(_final, ctx)
+    if state is Final.FOREIGN and policy.foreign_files == "replace":
+        return None  # fetched, and put in its place by PartFile.finish
     if state in (Final.NOTHING, Final.STALE):
         if state is Final.STALE:
             logger.debug("%s is no longer its recorded size; fetching it again", ctx.path)
@@ -128,7 +132,8 @@ def _refuse(ctx: Context, state: Final) -> None:
         raise ctx.error(
             f"{ctx.path} already exists and was not downloaded by siliconflow-video as "
             f"video {ctx.index} of this job; it is left as it is. Move it away (or choose "
-            "another naming) to download the video",
+            "another naming, or replace such files: DownloadPolicy(foreign_files='replace'), "
+            "--force on the command line) to download the video",
             cls=ForeignFileError,
         )
 
@@ -166,6 +171,8 @@ class PartFile:
         self.disk = writes.disk
         self.clock = fetch.clock
         self._validator: Validator | None = None
+        self.writes = writes
+        self.fetch = fetch
         self.writer = PartWriter(ctx, lock.fd, writes, policy, fetch.clock, fetch.report)
 
     @property
@@ -201,7 +208,52 @@ class PartFile:
         await self.ctx.disk("write", self.ctx.meta, write_sidecar, self.ctx.meta, validator)
 
     async def copy(self, body: AsyncIterator[bytes]) -> None:
-        await self.writer.copy(body)
+        total = self.fetch.total
+        if total is None:  # no size announced: nothing to check ahead
+            await self.writer.copy(body)
+            return
+        filling = self.writes.filling
+        # One check at a time, each counting the transfers that passed before it: two
+        # checked at once would each miss the other.
+        async with self.writes.checking_space:
+            with self.clock.paused():
+                short = await asyncio.to_thread(self._shortfall, total)
+            if short is None:
+                filling[self.fd] = total
+        if short is not None:
+            # Our own disk, as for a full one: the .part is kept and a rerun resumes.
+            raise self.ctx.error(short) from OSError(errno.ENOSPC, short)
+        try:
+            await self.writer.copy(body)
+        finally:
+            filling.pop(self.fd, None)
+
+    def _shortfall(self, total: int) -> str | None:
+        """Why the disk has no room for this video (None: it has, or cannot tell): its
+        bytes still to come, plus those still to come of this client's other videos
+        filling the same file system, against the free space. Runs in a worker thread."""
+        try:
+            mine = os.fstat(self.fd)
+            free = shutil.disk_usage(self.ctx.path.parent).free
+        except OSError:
+            return None  # the writes themselves will say what is wrong
+        needed = own = max(0, total - mine.st_size)
+        for fd, size in list(self.writes.filling.items()):
+            try:
+                other = os.fstat(fd)
+            except OSError:
+                continue  # finished meanwhile
+            if fd != self.fd and other.st_dev == mine.st_dev:
+                needed += max(0, size - other.st_size)
+        if needed <= free:
+            return None
+        others = (
+            f" (and {_mib(needed - own)} for the other videos under way)" if needed > own else ""
+        )
+        return (
+            f"not enough free space in {self.ctx.path.parent} for {self.ctx.path.name}: "
+            f"{_mib(own)} still to download{others}, {_mib(free)} free"
+        )
 
     async def start_over(self) -> None:
         """Throw the partial bytes and their sidecar away: never splice two responses."""
@@ -215,9 +267,13 @@ class PartFile:
         part, path = self.ctx.part, self.ctx.path
         if self.policy.fsync:
             await self.ctx.disk("flush", part, self.disk.fsync, self.fd)
-        # A file that appeared under the final name meanwhile is not ours to replace.
+        # A file that appeared under the final name meanwhile is not ours to replace
+        # (unless the policy says to replace foreign files: then it is, as asked).
         state, _ = await asyncio.to_thread(_final, self.ctx)
-        _refuse(self.ctx, state)
+        if state is Final.FOREIGN and self.policy.foreign_files == "replace":
+            logger.info("replacing %s: it was not recorded as this video", path)
+        else:
+            _refuse(self.ctx, state)
         # Recorded before the rename: a crash in between leaves a complete .part (finished
         # on the next run), never a complete file without its record.
         validator = self._validator or Validator(None, None, None)
@@ -262,3 +318,7 @@ class PartFile:
             f"the {self.done} bytes received so far are kept in {self.ctx.part}, "
             "and a later call resumes from there"
         )
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MiB"

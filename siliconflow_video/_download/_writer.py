@@ -23,7 +23,7 @@ import attrs
 
 from .._config import DownloadPolicy
 from .._logging import logger
-from ._fetch import HostClock
+from ._fetch import HostClock, Throttle
 from ._partfile import Context, new_hasher
 
 if TYPE_CHECKING:
@@ -130,6 +130,13 @@ class DiskWrites:
     disk: Disk = OS_DISK
     hold: float = 60.0
     until: float = 0.0
+    #: The cap all of this client's transfers share (``DownloadPolicy.max_bytes_per_second``).
+    throttle: Throttle = attrs.field(factory=Throttle)
+    #: The ``.part`` descriptors this client is filling now, each with its video's size:
+    #: what they will still take from the disk counts against the free space a new
+    #: transfer needs (see ``PartFile.copy``).
+    filling: dict[int, int] = attrs.field(factory=dict)
+    checking_space: asyncio.Lock = attrs.field(factory=asyncio.Lock)
 
     def on_loop(self, policy: DownloadPolicy) -> bool:
         return policy.max_loop_write > 0 and time.monotonic() >= self.until
