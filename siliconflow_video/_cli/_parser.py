@@ -13,6 +13,7 @@ from .._config import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
 from .._exceptions import UnsafeFileNameError
 from .._naming import safe_stem, target_path
 from ._explain import UsageError
+from ._worker import add_worker_command
 
 __all__ = [
     "DEFAULT_JOURNAL",
@@ -451,6 +452,7 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
         help="folder for the demo videos (default: ./siliconflow-demo)",
     )
     _add_json(demo)
+    worker = add_worker_command(commands, common)
     return parser, {
         "download": download,
         "enqueue": enqueue,
@@ -460,6 +462,7 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
         "wait": wait,
         "submit": submit,
         "demo": demo,
+        "worker": worker,
     }
 
 
