@@ -4,19 +4,14 @@ in tests/test_worker_fleet.py."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
-
-import pytest
 
 from siliconflow_video import PollPolicy
 from siliconflow_video._journal import JobState, open_journal, read_jobs
 from siliconflow_video.testing import FakeSiliconFlow
-from siliconflow_video.worker import Worker, WorkerSettings, enqueue_polls, run_worker
+from siliconflow_video.worker import WorkerSettings, run_worker
 
 from . import _postgres
-from ._postgres import PASSWORD
 
 postgres, pg_database, pg_url = _postgres.postgres, _postgres.pg_database, _postgres.pg_url
 

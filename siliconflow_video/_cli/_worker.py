@@ -129,7 +129,15 @@ async def run_worker_command(
         client_options={"api_key": key, "base_url": args.base_url},
     )
     log.info("worker %s on %s (concurrency %d)", worker.name, worker.shown, args.concurrency)
-    code = await worker.run()
+    # procrastinate logs a traceback for each database error it recovers from; the worker
+    # says what happened in one line of its own (-v shows procrastinate's too).
+    engine = logging.getLogger("procrastinate")
+    level = engine.level
+    engine.setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
+    try:
+        code = await worker.run()
+    finally:
+        engine.setLevel(level)
     if worker.failed:
         log.warning("%d ids failed; see: siliconflow-video jobs --journal URL", len(worker.failed))
     return code

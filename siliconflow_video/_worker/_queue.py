@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from .._exceptions import JournalUnavailableError
+from .._exceptions import JournalError, JournalUnavailableError
 from .._journal._pgschema import Target, parse_url, shown_url
 
 __all__ = [
@@ -102,7 +102,7 @@ async def ensure_schema(target: Target) -> None:
             if row is None or not row[0]:
                 await conn.execute(SchemaManager.get_schema())
     except psycopg.Error as exc:
-        raise JournalUnavailableError(
+        raise JournalError(
             f"cannot prepare the task tables in {target.shown}: {target.scrub(str(exc))}",
             path=target.shown,
         ) from None

@@ -21,7 +21,7 @@ import logging
 import os
 import random
 import socket
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
@@ -139,10 +139,10 @@ class Worker:
         """Run until stopped (or, in burst mode, until no work is left): 0, or 1 when a
         job this worker handled failed."""
         self._stopping = asyncio.Event()
-        await ensure_schema(self._target)
         settings = self.settings
+        await self._reaching("prepare the task tables", lambda: ensure_schema(self._target))
         journal = open_journal(self._url, lease_seconds=settings.lease_seconds)
-        await journal.open()
+        await self._reaching("open the journal", journal.open)
         self._journal = journal
         try:
             options = {"max_concurrent_downloads": settings.concurrency, **self._client_options}
@@ -164,6 +164,21 @@ class Worker:
             await journal.aclose()
         return 1 if self.failed else 0
 
+    async def _reaching(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
+        """``step``, tried again for ``start_timeout`` seconds while PostgreSQL cannot be
+        reached (a server restarting as the worker starts)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.start_timeout
+        while True:
+            try:
+                await step()
+                return
+            except JournalError as exc:
+                if loop.time() >= deadline:
+                    raise
+                logger.warning("worker: cannot %s yet, trying again: %s", what, exc)
+            await asyncio.sleep(1.0)
+
     async def _serve(self) -> None:
         settings = self.settings
         app = make_app(
@@ -173,7 +188,8 @@ class Worker:
             transfer=self._transfer,
         )
         self._app = app
-        async with app.open_async():
+        await self._reaching("open the task queue", lambda: self._open_queue(app))
+        try:
             assert self._stopping is not None
             upkeep = asyncio.create_task(self._upkeep(), name="upkeep")
             try:
@@ -182,6 +198,16 @@ class Worker:
                 upkeep.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await upkeep
+        finally:
+            await app.close_async()
+
+    async def _open_queue(self, app: Any) -> None:
+        from procrastinate.exceptions import ConnectorException
+
+        try:
+            await app.open_async()
+        except ConnectorException as exc:
+            raise JournalError(self._target.scrub(str(exc.__cause__ or exc))) from None
 
     async def _procrastinate(self, app: Any) -> None:
         """procrastinate's worker until stopped; started again when it ends on its own
@@ -354,8 +380,10 @@ class Worker:
         job = await journal.find(request_id)
         if job is None or job.state not in _OPEN:
             return "skipped"
-        if job.state is JobState.DOWNLOADING and any(v.bytes_done for v in job.videos):
-            self._metrics.transfer_retries.inc()  # begun before: by a dead worker, or a try
+        if job.state is JobState.DOWNLOADING:
+            # Begun before (the pipeline journals `succeeded` first): by a dead worker, or
+            # an earlier try that stopped.
+            self._metrics.transfer_retries.inc()
         # The pipeline of `download`: journaled, leased per id, complete files reused.
         outcomes = client.download_as_completed(
             [request_id], job.dest, progress=self._metrics.progress

@@ -40,6 +40,9 @@ class WorkerSettings:
     #: retried by the next worker; a transfer resumes from the bytes kept).
     shutdown_grace: float = attrs.field(default=10.0, validator=_positive)
 
+    #: How long a starting worker keeps trying to reach PostgreSQL (a server restarting).
+    start_timeout: float = attrs.field(default=60.0, validator=_positive)
+
     def __attrs_post_init__(self) -> None:
         if self.concurrency < 1:
             raise ConfigurationError(f"concurrency must be >= 1, got {self.concurrency}")
