@@ -5,7 +5,8 @@
     python -m benchmarks                    # the full suite (about 5.5 minutes on 2 cores)
     python -m benchmarks --quick            # a smoke run with small sizes (under a minute)
     python -m benchmarks --only polling     # one benchmark: download, polling, ratelimit,
-                                            # workload (SiliconFlow-like), simulate or journal
+                                            # workload (SiliconFlow-like), simulate, journal
+                                            # or workers (a fleet on PostgreSQL)
     python -m benchmarks --loop uvloop      # run the measured Python clients on uvloop
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 from ._measure import Row, libraries, log_to_stderr, machine, table
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("download", "polling", "ratelimit", "workload", "simulate", "journal")
+BENCHMARKS = ("download", "polling", "ratelimit", "workload", "simulate", "journal", "workers")
 
 Runner = Callable[..., tuple[list[Row], dict[str, Any]]]
 
@@ -52,6 +53,10 @@ def _runner(name: str) -> Runner:
         from . import _journal
 
         return _journal.run
+    if name == "workers":
+        from . import _workers
+
+        return _workers.run
     from . import _ratelimit
 
     return _ratelimit.run
