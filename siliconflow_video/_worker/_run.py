@@ -59,6 +59,8 @@ logger = logging.getLogger("siliconflow_video.worker")
 _OPEN = (JobState.WAITING, JobState.DOWNLOADING)
 #: Job counts for the metrics are read this often at most (they read every row).
 _COUNT_EVERY = 10.0
+#: While tasks are under way, the journal is searched for ids without one this often.
+_SCAN_EVERY = 10.0
 
 
 def poll_delay(policy: PollPolicy, n: int, rng: random.Random | None = None) -> float:
@@ -114,7 +116,7 @@ class Worker:
         self._journal: Journal | None = None
         self._app: Any = None
         self._metrics = Metrics()
-        self._transfers_seen: set[str] = set()
+        self._scanned = -_SCAN_EVERY
 
     def __repr__(self) -> str:
         return f"<Worker journal={self._target.shown!r} burst={self.burst}>"
@@ -306,10 +308,18 @@ class Worker:
                         await manager.finish_job(job, status=jobs.Status.FAILED, delete_job=True)
 
     async def _feed(self) -> bool:
-        """A poll for every unfinished journaled id with no task; True if work is left."""
+        """A poll for every unfinished journaled id with no task; True if work is left.
+
+        The journal is read in full every ``_SCAN_EVERY`` seconds, or as soon as no task
+        is left (which burst mode must check): with tasks under way, every id they cover
+        is taken care of, and reading 10,000 rows every round would be waste."""
         assert self._journal is not None
-        jobs = await self._journal.jobs(states=_OPEN)
+        loop = asyncio.get_running_loop()
         pending = await pending_ids(self._app)
+        if pending and loop.time() - self._scanned < _SCAN_EVERY:
+            return True
+        self._scanned = loop.time()
+        jobs = await self._journal.jobs(states=_OPEN)
         for job in jobs:
             if job.request_id is not None and job.request_id not in pending:
                 await defer_poll(self._app, job.request_id)
