@@ -219,7 +219,7 @@ def test_metrics_are_served_on_loopback_without_secrets(
         "siliconflow_video_status_calls_total",
         "siliconflow_video_status_429_total",
         "siliconflow_video_transfer_retries_total",
-        'siliconflow_video_tasks_total{outcome="done",task="transfer"} 1.0',
+        'siliconflow_video_tasks_total{outcome="done",task="poll"} 1.0',
     ):
         assert name in text, name
     assert PASSWORD not in text

@@ -8,6 +8,11 @@ poll (what ``enqueue`` wrote, or what a lost task left); refreshes the job count
 metrics; and, in burst mode, ends the worker once no task is waiting or running and no
 journaled id is unfinished.
 
+A poll is one status call made through the download pipeline (``download_as_completed``,
+as ``download`` runs it): a job still running ends the task at once, its successor queued;
+a finished one carries on into its transfer in the same task, so it costs no second status
+call. A job the journal shows ``downloading`` (a transfer cut short) gets a transfer task.
+
 A poll's next delay is the blind schedule of the client's ``PollPolicy`` (``interval``
 growing by ``growth`` per call up to ``max_blind_interval``, jittered): the learned schedule
 needs one process to follow a job from its first answer, which a fleet does not.
@@ -29,14 +34,16 @@ import attrs
 from .._client import AsyncClient
 from .._config import PollPolicy
 from .._exceptions import (
-    BadRequestError,
+    AuthenticationError,
     ConfigurationError,
-    JobFailedError,
     JournalError,
+    NotFoundError,
+    PaymentRequiredError,
+    PermissionDeniedError,
     SiliconFlowError,
 )
 from .._journal import JobState, Journal, open_journal
-from .._models import Status
+from .._models import EventKind, ProgressEvent, Status
 from ._metrics import Metrics
 from ._queue import (
     POLL,
@@ -57,6 +64,10 @@ logger = logging.getLogger("siliconflow_video.worker")
 #: Journal states with work left for a worker (``submitting`` and ``submit_unknown`` are
 #: a person's to settle: a worker never submits).
 _OPEN = (JobState.WAITING, JobState.DOWNLOADING)
+#: What SiliconFlow says of a job that has not finished.
+_RUNNING = (Status.IN_QUEUE, Status.IN_PROGRESS)
+#: Errors about the account or the set-up, not the id: the id is kept for later.
+_ACCOUNT_ERRORS = (AuthenticationError, PaymentRequiredError, PermissionDeniedError, NotFoundError)
 #: Job counts for the metrics are read this often at most (they read every row).
 _COUNT_EVERY = 10.0
 #: While tasks are under way, the journal is searched for ids without one this often.
@@ -338,6 +349,10 @@ class Worker:
                 self._metrics.count_calls(self._client.rate_stats)
 
     async def _poll_once(self, request_id: str, n: int) -> str:
+        """One status call through the download pipeline: a job still running ends the
+        task at once (its successor queued), a finished one goes on into its transfer in
+        this same task. The pipeline's own status call is the poll, so a job costs no
+        extra call for fresh URLs, and everything is journaled as by ``download``."""
         journal, client, app = self._journal, self._client, self._app
         assert journal is not None
         assert client is not None
@@ -345,45 +360,71 @@ class Worker:
         if job is None or job.state not in _OPEN:
             return "skipped"  # finished meanwhile, or not ours to touch
         if job.state is JobState.DOWNLOADING:
-            await defer_transfer(app, request_id)
+            await defer_transfer(app, request_id)  # a transfer cut short: carry it on
             return "transfer"
-        try:
-            status = await client.get_status(request_id)
-        except BadRequestError as exc:  # SiliconFlow knows no such job: it never will
-            await journal.failed(job.job_key, exc)
-            self.failed.add(request_id)
-            return "failed"
-        except SiliconFlowError as exc:
-            # Transient (or the whole account's trouble, a key rejected): ask again later.
-            logger.warning("worker: status of %s: %s", request_id, exc)
+        loop = asyncio.get_running_loop()
+        running: asyncio.Future[None] = loop.create_future()
+
+        def progress(event: ProgressEvent) -> None:
+            self._metrics.progress(event)
+            running_now = event.kind is EventKind.STATUS and event.status in _RUNNING
+            if running_now and not running.done():
+                running.set_result(None)
+
+        outcomes = client.download_as_completed([request_id], job.dest, progress=progress)
+        async with contextlib.aclosing(outcomes):
+            first = asyncio.ensure_future(anext(outcomes, None))
+            try:
+                await asyncio.wait((first, running), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not first.done():
+                    # Still running at SiliconFlow: stop this wait (the lease is given
+                    # back, nothing else was begun) and ask again later.
+                    first.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await first
+            outcome = None if first.cancelled() else first.result()
+        if outcome is None:
             await defer_poll(app, request_id, n + 1, delay=poll_delay(client.poll_policy, n))
+            return "waiting"
+        if outcome.error is None:
+            return "done"
+        return await self._ended(job.job_key, request_id, outcome.error, n)
+
+    async def _ended(self, job_key: str, request_id: str, error: SiliconFlowError, n: int) -> str:
+        """An id whose wait or transfer ended with ``error`` (the pipeline journaled it)."""
+        assert self._journal is not None
+        assert self._client is not None
+        if isinstance(error, _ACCOUNT_ERRORS):
+            # The key, the balance or the base URL, not this id: keep it for later.
+            logger.error("worker: %s: %s; asking again later", request_id, error)
+            after = await self._journal.find(request_id)
+            if after is not None and after.state is JobState.FAILED:
+                await self._journal.accept([request_id], dest=after.dest)
+            policy = self._client.poll_policy
+            await defer_poll(self._app, request_id, n + 1, delay=policy.blind_cap)
             return "error"
-        journal.note_poll(job.job_key, status.status.value)
-        if status.status is Status.SUCCEED:
-            await defer_transfer(app, request_id)
-            return "succeeded"
-        if status.status is Status.FAILED:
-            await journal.failed(
-                job.job_key,
-                JobFailedError(request_id, status.reason),
-                remote_status="Failed",
-                remote_reason=status.reason,
-            )
-            self.failed.add(request_id)
-            return "failed"
-        await defer_poll(app, request_id, n + 1, delay=poll_delay(client.poll_policy, n))
-        return "waiting"
+        try:
+            after = await self._journal.find(request_id)
+            if after is not None and after.state in _OPEN:
+                # Not retried forever: the journal says failed; `resume` may try again.
+                await self._journal.failed(job_key, error)
+        except JournalError as exc:
+            logger.warning("worker: could not record the failure of %s: %s", request_id, exc)
+        self.failed.add(request_id)
+        logger.warning("worker: %s failed: %s", request_id, error)
+        return "failed"
 
     async def _transfer(self, request_id: str, n: int) -> None:
         outcome = "error"
         try:
-            outcome = await self._transfer_once(request_id)
+            outcome = await self._transfer_once(request_id, n)
         finally:
             self._metrics.tasks.labels(task="transfer", outcome=outcome).inc()
             if self._client is not None:
                 self._metrics.count_calls(self._client.rate_stats)
 
-    async def _transfer_once(self, request_id: str) -> str:
+    async def _transfer_once(self, request_id: str, n: int) -> str:
         journal, client = self._journal, self._client
         assert journal is not None
         assert client is not None
@@ -404,16 +445,7 @@ class Worker:
                 error = outcome.error
         if error is None:
             return "done"
-        try:
-            after = await journal.find(request_id)
-            if after is not None and after.state in _OPEN:
-                # Not retried forever: the journal says failed; `resume` may try again.
-                await journal.failed(after.job_key, error)
-        except JournalError as exc:
-            logger.warning("worker: could not record the failure of %s: %s", request_id, exc)
-        self.failed.add(request_id)
-        logger.warning("worker: %s failed: %s", request_id, error)
-        return "failed"
+        return await self._ended(job.job_key, request_id, error, n)
 
 
 async def run_worker(journal: str, **options: Any) -> int:
