@@ -10,10 +10,10 @@ no fleet sees a job before it finishes, nor makes more than ``limit`` calls a se
 429 share is the server's count over every status call of the run.
 
 Every worker adapts on its own (each client's rate governor slows down on its 429s); there
-is no shared budget in PostgreSQL. A finished job costs at least two status calls here:
-the poll task that sees ``Succeed``, and the transfer's own (the pipeline asks again, for
-fresh URLs), and polls follow the blind schedule (a fleet has no one process following a
-job from its first answer, which learned polling needs).
+is no shared budget in PostgreSQL. Polls follow the blind schedule (a fleet has no one
+process following a job from its first answer, which learned polling needs), so a job
+costs one call per poll until it finishes, and the one that sees ``Succeed`` goes on
+into the transfer with no further call.
 """
 
 from __future__ import annotations
