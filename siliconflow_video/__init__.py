@@ -74,8 +74,7 @@ from ._models import (
     WaitResult,
 )
 from ._pacing import GovernorStats
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "APIConnectionError",

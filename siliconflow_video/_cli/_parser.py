@@ -12,6 +12,7 @@ from typing import Any
 from .._config import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
 from .._exceptions import UnsafeFileNameError
 from .._naming import safe_stem, target_path
+from .._version import __version__
 from ._explain import UsageError
 from ._worker import add_worker_command
 
@@ -268,8 +269,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The main parser, and each command's by name."""
-    from .. import __version__
-
     common = argparse.ArgumentParser(add_help=False)
     _add_globals(common, suppress=True)
 

@@ -35,6 +35,7 @@ from .._exceptions import (
     JournalUnavailableError,
     JournalVersionError,
 )
+from .._version import __version__
 from ._schema import APPLICATION
 from ._sql import Abandon, Q, Step, Tx
 
@@ -413,6 +414,4 @@ def _migrate(tx: Tx) -> Step[None]:
 
 
 def _package_version() -> str:
-    from .. import __version__
-
     return f"siliconflow-video {__version__}"

@@ -26,6 +26,7 @@ from .._exceptions import (
     JournalReadOnlyError,
     JournalVersionError,
 )
+from .._version import __version__
 from ._sql import Q
 
 __all__ = ["APPLICATION", "SCHEMA_VERSION", "connect", "execute", "translate"]
@@ -335,8 +336,6 @@ def _statements(script: str) -> Iterable[str]:
 
 
 def _package_version() -> str:
-    from .. import __version__
-
     return f"siliconflow-video {__version__}"
 
 
