@@ -6,6 +6,7 @@ documented."""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -250,3 +251,15 @@ def test_burst_exit_codes(pg_url: str, fake: FakeSiliconFlow, tmp_path: Path) ->
     assert sqlite.returncode == 2
     assert "PostgreSQL" in sqlite.stderr
     assert "Traceback" not in sqlite.stderr
+
+
+def test_a_metrics_port_taken_is_a_usage_error(pg_url: str, fake: FakeSiliconFlow) -> None:
+    """--metrics-port on a port already in use: exit 2, one line naming it."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = cli(["worker", "--journal", pg_url, "--burst", "--metrics-port", str(port)], fake)
+    assert done.returncode == 2, done.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr

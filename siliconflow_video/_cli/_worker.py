@@ -55,8 +55,9 @@ def add_worker_command(
         description="Poll and download every unfinished id of a PostgreSQL journal (what "
         "'enqueue --journal postgresql://...' recorded), sharing the work with every other "
         "worker on the same journal; a dead worker's jobs are taken over by the others. "
-        "Stop it with SIGTERM or Ctrl-C. Exit codes: 0 stopped (or, with --burst, all "
-        "done), 1 with --burst some id failed, 2 usage or configuration error.",
+        "Stop it with SIGTERM (exit 143) or Ctrl-C (130): running tasks get 10 s to finish. "
+        "With --burst: exit 0 once all is done, 1 if an id it handled failed. 2: a usage or "
+        "configuration error.",
     )
     worker.add_argument(
         "--journal",

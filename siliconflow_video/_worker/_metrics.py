@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from .._exceptions import ConfigurationError
 from .._journal import JobRecord, JobState
 from .._models import EventKind, ProgressEvent
 from .._pacing import GovernorStats
@@ -66,7 +67,12 @@ class Metrics:
         """Serve ``/metrics`` on ``host:port`` (0: any free port) from a thread; the port."""
         from prometheus_client import start_http_server
 
-        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:  # the port taken, an address not of this machine
+            raise ConfigurationError(
+                f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
+            ) from None
         return int(self._server.server_port)
 
     def close(self) -> None:
