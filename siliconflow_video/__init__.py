@@ -21,8 +21,10 @@ from ._exceptions import (
     DownloadError,
     ForeignFileError,
     GatewayTimeoutError,
+    InvalidDestinationError,
     JobFailedError,
     JournalBusyError,
+    JournalConnectionError,
     JournalCorruptError,
     JournalError,
     JournalForeignError,
@@ -42,6 +44,7 @@ from ._exceptions import (
     RateLimitError,
     ServerError,
     SiliconFlowError,
+    StorageError,
     SubmitUnknownError,
     UnknownJobError,
     UnsafeFileNameError,
@@ -66,6 +69,7 @@ from ._models import (
     ProgressCallback,
     ProgressEvent,
     Status,
+    StoredVideo,
     Timings,
     Video,
     VideoFile,
@@ -74,6 +78,7 @@ from ._models import (
     WaitResult,
 )
 from ._pacing import GovernorStats
+from ._sinks import S3Settings
 from ._version import __version__
 
 __all__ = [
@@ -92,11 +97,13 @@ __all__ = [
     "ForeignFileError",
     "GatewayTimeoutError",
     "GovernorStats",
+    "InvalidDestinationError",
     "JobFailedError",
     "JobRecord",
     "JobState",
     "Journal",
     "JournalBusyError",
+    "JournalConnectionError",
     "JournalCorruptError",
     "JournalError",
     "JournalForeignError",
@@ -121,9 +128,12 @@ __all__ = [
     "RateLimitError",
     "RedactingFilter",
     "RetryPolicy",
+    "S3Settings",
     "ServerError",
     "SiliconFlowError",
     "Status",
+    "StorageError",
+    "StoredVideo",
     "SubmitUnknownError",
     "Timings",
     "UnknownJobError",

@@ -21,6 +21,7 @@ from ._config import (
 )
 from ._journal import Journal
 from ._models import Naming, Outcome, ProgressCallback
+from ._sinks import S3Settings
 
 __all__ = ["resume", "wait_and_download"]
 
@@ -44,8 +45,12 @@ async def wait_and_download(
     download: DownloadPolicy = DEFAULT_DOWNLOAD,
     trust_env: bool = True,
     journal: str | os.PathLike[str] | Journal | None = None,
+    s3: S3Settings | None = None,
 ) -> list[Outcome]:
-    """Wait for every job and download every video into ``dest``.
+    """Wait for every job and download every video into ``dest``: a folder, or
+    ``s3://BUCKET/PREFIX`` (with the ``[s3]`` extra; ``s3=`` an :class:`S3Settings`, else
+    the standard AWS configuration), where each video is streamed into a multipart upload
+    and appears, whole, as PREFIX + its file name.
 
     Returns one :class:`Outcome` per id, in the order given. A job that failed, an id the
     API rejects, or a video that cannot be fetched is that id's outcome; the others carry on.
@@ -76,6 +81,7 @@ async def wait_and_download(
         download=download,
         trust_env=trust_env,
         journal=journal,
+        s3=s3,
     ) as client:
         return await client.wait_and_download(
             request_ids,
@@ -103,6 +109,7 @@ async def resume(
     retry: RetryPolicy = DEFAULT_RETRY,
     download: DownloadPolicy = DEFAULT_DOWNLOAD,
     trust_env: bool = True,
+    s3: S3Settings | None = None,
 ) -> list[Outcome]:
     """Finish every unfinished job in ``journal``, each into the destination recorded with
     it, and return one :class:`Outcome` per job (journal order).
@@ -111,6 +118,7 @@ async def resume(
     tries, an outage). Jobs SiliconFlow said ``Failed`` stay failed. Jobs whose submit may
     have reached SiliconFlow unanswered (``submit_unknown``) have no requestId to resume:
     they are never resubmitted, and ``read_jobs`` lists them for a person to settle.
+    An upload to ``s3://`` cut short by a crash continues from its last recorded part.
     """
     async with AsyncClient(
         api_key,
@@ -125,5 +133,6 @@ async def resume(
         download=download,
         trust_env=trust_env,
         journal=journal,
+        s3=s3,
     ) as client:
         return await client.resume(timeout=timeout, progress=progress, naming=naming)

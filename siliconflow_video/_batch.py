@@ -1,5 +1,5 @@
-"""``download_as_completed`` and ``wait_and_download``: every video of every job on disk,
-as one pipeline.
+"""``download_as_completed`` and ``wait_and_download``: every video of every job on disk
+(or in a bucket, for an ``s3://BUCKET/PREFIX`` destination), as one pipeline.
 
 Jobs are polled together by the client's scheduler; the moment one succeeds its videos start
 downloading (at most ``max_concurrent_downloads`` at once) while the others are still being
@@ -35,16 +35,24 @@ from ._models import (
     Outcome,
     ProgressCallback,
     ProgressEvent,
+    StoredFile,
+    StoredVideo,
     VideoFile,
     VideoStatus,
     WaitResult,
     check_request_id,
 )
-from ._naming import default_name, target_path
+from ._naming import check_name, default_name, target_path
+from ._sinks import S3Object, S3Target, StateCallback, UploadState
 
-__all__ = ["BatchClient", "run_batch", "stream_batch"]
+__all__ = ["BatchClient", "Destination", "Target", "run_batch", "stream_batch"]
 
 StatusListener = Callable[[VideoStatus], None]
+
+#: Where a batch puts its videos: a folder, or a bucket and key prefix.
+Destination = Path | S3Target
+#: Where one video goes: a file path in the folder, or an object in the bucket.
+Target = Path | S3Object
 
 
 class BatchClient(Protocol):
@@ -68,13 +76,18 @@ class BatchClient(Protocol):
     async def fetch_video(
         self,
         url: str,
-        path: Path,
+        target: Target,
         *,
         refresh_url: Callable[[], Awaitable[str | None]],
         request_id: str,
         index: int,
         on_progress: Callable[[int, int | None], None] | None,
-    ) -> VideoFile: ...
+        resume: UploadState | None = None,
+        on_state: StateCallback | None = None,
+    ) -> StoredFile:
+        """One video into ``target``: a file (``download_video``) or an object
+        (``upload_video``, resumed from ``resume`` and reporting to ``on_state``)."""
+        ...
 
 
 def _safe(progress: ProgressCallback | None) -> ProgressCallback:
@@ -108,7 +121,7 @@ class _Batch:
     def __init__(
         self,
         client: BatchClient,
-        dest: Path,
+        dest: Destination,
         *,
         max_concurrent_downloads: int,
         progress: ProgressCallback | None,
@@ -124,7 +137,8 @@ class _Batch:
         # Byte counts come per piece of the body: with nobody to tell, skip them.
         self.counting_bytes = progress is not None
         self.naming = naming
-        # Keyed case-insensitively: on macOS and Windows "A.mp4" and "a.mp4" are one file.
+        # Keyed case-insensitively for files: on macOS and Windows "A.mp4" and "a.mp4" are
+        # one file. Object keys are exact (S3 keys are case-sensitive).
         self.claimed: dict[str, tuple[str, int]] = {}
         self.outcomes: dict[str, Outcome] = {}
         # What the stream yields, in the order the ids finished.
@@ -159,17 +173,24 @@ class _Batch:
             )
         )
 
-    def target(self, request_id: str, index: int, url: str) -> Path:
+    def target(self, request_id: str, index: int, url: str) -> Target:
         name = (self.naming or default_name)(request_id, index, url)
-        path = target_path(self.dest, name)
-        owner = self.claimed.setdefault(path.name.casefold(), (request_id, index))
+        target: Target
+        if isinstance(self.dest, S3Target):
+            # The same plain, safe names as on disk: PREFIX/ + name, never a deeper key.
+            target = self.dest.object_for(check_name(name))
+            claim = target.key
+        else:
+            target = target_path(self.dest, name)
+            claim = target.name.casefold()
+        owner = self.claimed.setdefault(claim, (request_id, index))
         if owner != (request_id, index):
             raise UnsafeFileNameError(
                 f"file name {name!r} is already used by {owner[0]!r} video {owner[1]}; "
                 "the naming function must give each video its own name",
                 request_id=request_id,
             )
-        return path
+        return target
 
     async def refresh_url(self, request_id: str, index: int) -> str | None:
         urls = (await self.client.get_status(request_id)).urls
@@ -178,7 +199,7 @@ class _Batch:
         self.record.url_seen(request_id, index, urls[index])
         return urls[index]
 
-    async def one_video(self, request_id: str, index: int, url: str, path: Path) -> VideoFile:
+    async def one_video(self, request_id: str, index: int, url: str, target: Target) -> StoredFile:
         def on_bytes(done: int, total: int | None) -> None:
             self.notify(
                 ProgressEvent(
@@ -186,15 +207,23 @@ class _Batch:
                 )
             )
 
+        async def on_state(state: UploadState) -> None:
+            await self.record.save_upload_state(request_id, index, state)
+
         try:
             async with self.slots:
+                uploading = isinstance(target, S3Object)
                 video = await self.client.fetch_video(
                     url,
-                    path,
+                    target,
                     refresh_url=lambda: self.refresh_url(request_id, index),
                     request_id=request_id,
                     index=index,
                     on_progress=on_bytes if self.counting_bytes else None,
+                    # What an earlier process uploaded of this video, and each part as it
+                    # goes: a crash then costs at most one part.
+                    resume=await self.record.upload_state(request_id, index) if uploading else None,
+                    on_state=on_state if uploading and self.record.keeps_uploads else None,
                 )
         except Exception as exc:
             try:
@@ -212,7 +241,8 @@ class _Batch:
                 index=index,
                 bytes_done=video.size,
                 bytes_total=video.size,
-                path=video.path,
+                path=video.path if isinstance(video, VideoFile) else None,
+                location=video.location,
             )
         )
         return video
@@ -229,14 +259,14 @@ class _Batch:
             await self.record.succeeded(status)
             # One video failing must not stop its siblings: gather them all, then report.
             results = await asyncio.gather(
-                *(self.one_video(rid, i, url, path) for i, url, path in targets),
+                *(self.one_video(rid, i, url, target) for i, url, target in targets),
                 return_exceptions=True,
             )
         except Exception as exc:  # noqa: BLE001 - becomes this id's outcome
             self.finish(Outcome(rid, status, (), _as_error(exc, rid)))
             return
-        files = tuple(r for r in results if isinstance(r, VideoFile))
-        errors = [r for r in results if not isinstance(r, VideoFile)]
+        files = tuple(r for r in results if isinstance(r, (VideoFile, StoredVideo)))
+        errors = [r for r in results if not isinstance(r, (VideoFile, StoredVideo))]
         for err in errors:
             if not isinstance(err, Exception):
                 raise err  # CancelledError, KeyboardInterrupt: not ours to keep
@@ -294,7 +324,7 @@ class _Batch:
 def stream_batch(
     client: BatchClient,
     request_ids: Iterable[str],
-    dest: Path,
+    dest: Destination,
     *,
     timeout: float | None,
     max_concurrent_downloads: int,
@@ -326,7 +356,7 @@ def stream_batch(
 async def _stream(
     client: BatchClient,
     ids: list[str],
-    dest: Path,
+    dest: Destination,
     *,
     timeout: float | None,
     max_concurrent_downloads: int,
@@ -370,15 +400,18 @@ async def _stream(
             runner.exception()  # retrieved: raised above, or the stream was left early
 
 
-async def _pipeline(batch: _Batch, valid: list[str], dest: Path, timeout: float | None) -> None:
+async def _pipeline(
+    batch: _Batch, valid: list[str], dest: Destination, timeout: float | None
+) -> None:
     record = batch.record
-    try:
-        await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DownloadError(
-            f"cannot create the destination folder {str(dest)!r}: {exc.strerror or exc}",
-            path=str(dest),
-        ) from exc
+    if isinstance(dest, Path):  # a bucket has no folder to make: its keys are names
+        try:
+            await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DownloadError(
+                f"cannot create the destination folder {str(dest)!r}: {exc.strerror or exc}",
+                path=str(dest),
+            ) from exc
     try:
         known = await record.accept(valid, dest)
         ready: list[str] = []
@@ -407,7 +440,7 @@ async def _pipeline(batch: _Batch, valid: list[str], dest: Path, timeout: float 
 async def run_batch(
     client: BatchClient,
     request_ids: Iterable[str],
-    dest: Path,
+    dest: Destination,
     *,
     timeout: float | None,
     max_concurrent_downloads: int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import importlib.util
 import json
 import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
@@ -17,7 +18,7 @@ import aiofiles
 import aiohttp
 import attrs
 
-from ._batch import run_batch, stream_batch
+from ._batch import Destination, Target, run_batch, stream_batch
 from ._config import (
     DEFAULT_DOWNLOAD,
     DEFAULT_POLL,
@@ -57,6 +58,7 @@ from ._journal import (
     Recorder,
     open_journal,
 )
+from ._journal._base import normalize_dest
 from ._learning import RunTimes
 from ._logging import logger
 from ._models import (
@@ -64,7 +66,7 @@ from ._models import (
     Outcome,
     ProgressCallback,
     Status,
-    VideoFile,
+    StoredFile,
     VideoStatus,
     WaitResult,
     check_request_id,
@@ -73,8 +75,18 @@ from ._models import (
 )
 from ._pacing import GovernorStats, RateGovernor
 from ._poller import Poller, StatusListener
+from ._sinks import (
+    S3Object,
+    S3Settings,
+    S3Store,
+    S3Target,
+    StateCallback,
+    UploadState,
+    is_s3_url,
+    upload_video,
+)
 
-__all__ = ["AsyncClient", "resume_plan"]
+__all__ = ["AsyncClient", "destination", "resume_plan"]
 
 ImageInput = str | bytes | os.PathLike[str]
 
@@ -140,6 +152,13 @@ class AsyncClient:
     creates. Sessions the client creates follow ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY``
     as requests and httpx do, unless ``trust_env=False`` (``.netrc`` is never read: its
     credentials would clash with the key, or reach the video host).
+
+    A destination may be ``s3://BUCKET/PREFIX`` wherever a folder is accepted (the ``[s3]``
+    extra): videos are streamed from the video host into multipart uploads, each object
+    visible only once whole. ``s3`` sets the endpoint, region, credentials and part size
+    (:class:`S3Settings`); what it leaves out comes from the standard AWS configuration
+    (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``...), as boto does. The
+    client opens one store per bucket when it is first needed and closes it with itself.
     """
 
     def __init__(
@@ -159,6 +178,7 @@ class AsyncClient:
         video_session: aiohttp.ClientSession | None = None,
         trust_env: bool = True,
         journal: str | os.PathLike[str] | Journal | None = None,
+        s3: S3Settings | None = None,
     ) -> None:
         self._api_key = resolve_api_key(api_key)
         self.base_url = resolve_base_url(base_url)
@@ -172,6 +192,7 @@ class AsyncClient:
             ("poll", poll, PollPolicy),
             ("retry", retry, RetryPolicy),
             ("download", download, DownloadPolicy),
+            ("s3", S3Settings() if s3 is None else s3, S3Settings),
         ):
             if not isinstance(policy, kind):
                 raise ConfigurationError(
@@ -224,6 +245,10 @@ class AsyncClient:
         self._journal_opened = not self._owns_journal
         self._journal_lock = asyncio.Lock()
         self._learned_loaded = False
+        self.s3_settings = S3Settings() if s3 is None else s3
+        # One store (an aiobotocore client) per bucket, opened on its first video.
+        self._stores: dict[str, S3Store] = {}
+        self._stores_lock = asyncio.Lock()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -254,6 +279,9 @@ class AsyncClient:
                     await self._download_session.close()
                 if self._owns_session and self._session is not None:
                     await self._session.close()
+                stores, self._stores = list(self._stores.values()), {}
+                for store in stores:
+                    await store.aclose()
             finally:
                 await self._save_learned()
                 if self._owns_journal and self._journal is not None and self._journal_opened:
@@ -360,6 +388,22 @@ class AsyncClient:
                 raise_for_status=False,
             )
         return self._download_session
+
+    async def _store(self, bucket: str) -> S3Store:
+        """The open store for ``bucket``: one per bucket per client, made on first use."""
+        if self._closed:
+            raise SiliconFlowError("the AsyncClient is closed")
+        async with self._stores_lock:
+            store = self._stores.get(bucket)
+            if store is None:
+                store = S3Store(S3Target(bucket), self.s3_settings)
+                await store.open()
+                self._stores[bucket] = store
+            return store
+
+    async def _object_size(self, obj: S3Object) -> int | None:
+        store = await self._store(obj.bucket)
+        return await store.object_size(obj.key)
 
     async def _status_once(self, request_id: str) -> VideoStatus:
         body = await self._api().post(
@@ -533,8 +577,9 @@ class AsyncClient:
             raise ConfigurationError(
                 "with a journal, submit needs dest=: the folder where resume puts the job's videos"
             )
-        _local(dest)
-        intent = await journal.begin_submit(payload, dest=dest, submit_key=submit_key)
+        intent = await journal.begin_submit(
+            payload, dest=_dest_text(destination(dest)), submit_key=submit_key
+        )
         job = intent.job
         if not intent.proceed:
             if job.request_id is not None:
@@ -576,17 +621,18 @@ class AsyncClient:
         progress: ProgressCallback | None = None,
         naming: Naming | None = None,
     ) -> list[Outcome]:
-        """Wait for every job and download every video into ``dest``; see
-        :func:`siliconflow_video.wait_and_download`. ``max_concurrent_downloads`` may
-        lower the client's cap for this call; the client's cap holds across all calls.
-        The outcomes of :meth:`download_as_completed`, in the order given."""
+        """Wait for every job and download every video into ``dest`` (a folder, or
+        ``s3://BUCKET/PREFIX``); see :func:`siliconflow_video.wait_and_download`.
+        ``max_concurrent_downloads`` may lower the client's cap for this call; the client's
+        cap holds across all calls. The outcomes of :meth:`download_as_completed`, in the
+        order given."""
         if isinstance(request_ids, str):
             raise TypeError("request_ids must be a list of ids, not one string")
-        _local(dest)
+        where = destination(dest)
         return await run_batch(
             _BatchPort(self),
             request_ids,
-            Path(dest),
+            where,
             timeout=timeout,
             max_concurrent_downloads=self._download_cap(max_concurrent_downloads),
             progress=progress,
@@ -599,7 +645,9 @@ class AsyncClient:
         journal = await self.journal()
         if journal is None:
             return Recorder()
-        return JournalRecord(journal, sha256=self.download_policy.sha256)
+        return JournalRecord(
+            journal, sha256=self.download_policy.sha256, object_size=self._object_size
+        )
 
     def download_as_completed(
         self,
@@ -611,10 +659,11 @@ class AsyncClient:
         progress: ProgressCallback | None = None,
         naming: Naming | None = None,
     ) -> AsyncGenerator[Outcome, None]:
-        """Yield each id's :class:`Outcome` the moment it is finished: its videos on disk
-        (and journaled), or its error. The same pipeline as :meth:`wait_and_download` (one
-        status stream for every id, one check that no two videos share a file name), in
-        the order the ids finish rather than the order given; each distinct id once.
+        """Yield each id's :class:`Outcome` the moment it is finished: its videos in
+        ``dest`` (a folder, or ``s3://BUCKET/PREFIX``) and journaled, or its error. The
+        same pipeline as :meth:`wait_and_download` (one status stream for every id, one
+        check that no two videos share a file name), in the order the ids finish rather
+        than the order given; each distinct id once.
 
         Leaving the loop early stops the rest (transfers cancelled, ``.part`` files kept
         for the next run) once the iterator is closed; ``async with
@@ -623,10 +672,9 @@ class AsyncClient:
         """
         if isinstance(request_ids, str):
             raise TypeError("request_ids must be a list of ids, not one string")
-        _local(dest)
         return self._download_stream(
             list(request_ids),
-            Path(dest),
+            destination(dest),
             timeout=timeout,
             max_concurrent_downloads=self._download_cap(max_concurrent_downloads),
             progress=progress,
@@ -646,7 +694,7 @@ class AsyncClient:
     async def _download_stream(
         self,
         ids: list[str],
-        dest: Path,
+        dest: Destination,
         *,
         timeout: float | None,
         max_concurrent_downloads: int,
@@ -731,19 +779,35 @@ class _BatchPort:
     async def fetch_video(
         self,
         url: str,
-        path: Path,
+        target: Target,
         *,
         refresh_url: Callable[[], Awaitable[str | None]],
         request_id: str,
         index: int,
         on_progress: Callable[[int, int | None], None] | None,
-    ) -> VideoFile:
+        resume: UploadState | None = None,
+        on_state: StateCallback | None = None,
+    ) -> StoredFile:
         client = self._client
         async with client._download_slots:
+            if isinstance(target, S3Object):
+                return await upload_video(
+                    client._videos(),
+                    url,
+                    await client._store(target.bucket),
+                    target.key,
+                    refresh_url=refresh_url,
+                    policy=client.download_policy,
+                    request_id=request_id,
+                    index=index,
+                    on_progress=on_progress,
+                    resume=resume,
+                    on_state=on_state,
+                )
             return await download_video(
                 client._videos(),
                 url,
-                path,
+                target,
                 refresh_url=refresh_url,
                 policy=client.download_policy,
                 writes=client._disk_writes,
@@ -798,13 +862,26 @@ async def _record_submitted(journal: Journal, job_key: str, request_id: str) -> 
             await asyncio.sleep(0.2 * (attempt + 1))
 
 
-def _local(dest: str | os.PathLike[str]) -> None:
-    """Object storage destinations are not wired into the pipeline yet: refuse them rather
-    than write into a local folder named ``s3:``."""
-    if os.fspath(dest).startswith("s3://"):
-        raise InvalidDestinationError(
-            f"{os.fspath(dest)!r}: s3:// destinations are not supported here yet; give a folder"
+def destination(dest: str | os.PathLike[str]) -> Destination:
+    """A folder, or the bucket and prefix of an ``s3://BUCKET/PREFIX`` (checked now, and
+    the ``[s3]`` extra with it: before any job is waited for, not at its first video)."""
+    if not is_s3_url(dest):
+        if isinstance(dest, str) and "://" in dest:
+            raise InvalidDestinationError(
+                f"{dest[:60]!r}: a destination is a folder or s3://BUCKET/PREFIX"
+            )
+        return Path(dest)
+    target = S3Target.parse(str(dest))
+    if importlib.util.find_spec("aiobotocore") is None:
+        raise ConfigurationError(
+            "s3:// destinations need aiobotocore: pip install 'siliconflow-video[s3]'"
         )
+    return target
+
+
+def _dest_text(dest: Destination) -> str:
+    """A destination as the journal records it."""
+    return str(dest) if isinstance(dest, S3Target) else normalize_dest(dest)
 
 
 def resume_plan(jobs: Iterable[JobRecord]) -> dict[str, list[str]]:

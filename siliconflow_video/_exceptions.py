@@ -37,6 +37,7 @@ failed on SiliconFlow's side, and a *download* that failed on the way to disk.
     │   ├── JournalVersionError             written by a newer siliconflow-video
     │   ├── JournalReadOnlyError            opened read-only, or the file is: writes refused
     │   ├── JournalBusyError                (also TimeoutError) the write lock stayed taken
+    │   ├── JournalConnectionError          (also ConnectionError) PostgreSQL out of reach
     │   ├── JournalStateError               (also ValueError) a change the states forbid
     │   ├── UnknownJobError                 (also LookupError) no such job or video
     │   ├── SubmitUnknownError              a journaled submit may have reached SiliconFlow
@@ -75,6 +76,7 @@ __all__ = [
     "InvalidDestinationError",
     "JobFailedError",
     "JournalBusyError",
+    "JournalConnectionError",
     "JournalCorruptError",
     "JournalError",
     "JournalForeignError",
@@ -385,6 +387,12 @@ class JournalReadOnlyError(JournalError):
 
 class JournalBusyError(JournalError, TimeoutError):
     """Another process kept the journal's write lock longer than ``busy_timeout``."""
+
+
+class JournalConnectionError(JournalError, ConnectionError):
+    """The journal's PostgreSQL server could not be reached: when opening it, or for
+    ``reconnect_timeout`` seconds after the connection was lost. The change was not made;
+    the journal connects again on its next use."""
 
 
 class JournalStateError(JournalError, ValueError):

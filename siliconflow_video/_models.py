@@ -32,6 +32,8 @@ __all__ = [
     "ProgressCallback",
     "ProgressEvent",
     "Status",
+    "StoredFile",
+    "StoredVideo",
     "Timings",
     "Video",
     "VideoFile",
@@ -294,6 +296,50 @@ class VideoFile:
     reused: bool
     index: int
 
+    @property
+    def location(self) -> str:
+        """Where the video is, as text: its path (what ``StoredVideo.location`` is to an
+        object)."""
+        return str(self.path)
+
+
+@attrs.frozen
+class StoredVideo:
+    """A complete video in an object store (an ``s3://BUCKET/PREFIX`` destination), as
+    :class:`VideoFile` is one on disk.
+
+    ``key`` is PREFIX + the video's name; ``etag`` is the store's (None when a rerun found
+    the object through the journal alone); ``reused`` is True when the object was already
+    there, whole, and nothing was sent; ``index`` is the video's place in the job's
+    ``results.videos``.
+    """
+
+    bucket: str
+    key: str
+    size: int
+    etag: str | None
+    reused: bool
+    index: int
+
+    @property
+    def location(self) -> str:
+        """``s3://BUCKET/KEY``."""
+        return f"s3://{self.bucket}/{self.key}"
+
+    @property
+    def url(self) -> str:
+        """``s3://BUCKET/KEY`` (the same as ``location``)."""
+        return self.location
+
+    @property
+    def sha256(self) -> str | None:
+        """Always None: uploads are not hashed (the store's ETag names the bytes)."""
+        return None
+
+
+#: A complete video: a file on disk or an object in a bucket.
+StoredFile = VideoFile | StoredVideo
+
 
 #: ``naming(request_id, index, url) -> file name``; the name must be one plain component.
 Naming = Callable[[str, int, str], str]
@@ -320,6 +366,8 @@ class ProgressEvent:
     bytes_total: int | None = None
     path: Path | None = None
     error: SiliconFlowError | None = None
+    #: where a ``FILE`` event's video is: its path, or ``s3://BUCKET/KEY`` (``path`` None)
+    location: str | None = None
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -329,13 +377,15 @@ ProgressCallback = Callable[[ProgressEvent], None]
 class Outcome:
     """How one requestId ended.
 
-    ``ok`` is True when the job succeeded and every one of its videos is on disk, whole.
-    ``files`` holds the complete videos (path, size, sha256), in the API's order.
+    ``ok`` is True when the job succeeded and every one of its videos is stored, whole.
+    ``files`` holds the complete videos, in the API's order: a :class:`VideoFile` (path,
+    size, sha256) for a folder destination, a :class:`StoredVideo` (bucket, key, size,
+    etag) for an ``s3://`` one; both have ``location``, ``size``, ``reused`` and ``index``.
     """
 
     request_id: str
     status: VideoStatus | None
-    files: tuple[VideoFile, ...] = ()
+    files: tuple[VideoFile | StoredVideo, ...] = ()
     error: SiliconFlowError | None = None
 
     @property
@@ -344,5 +394,10 @@ class Outcome:
 
     @property
     def paths(self) -> list[Path]:
-        """The complete videos' paths, one per video, in the API's order."""
-        return [f.path for f in self.files]
+        """The complete videos' paths on disk, in the API's order (none for ``s3://``)."""
+        return [f.path for f in self.files if isinstance(f, VideoFile)]
+
+    @property
+    def locations(self) -> list[str]:
+        """Where every complete video is: paths, or ``s3://BUCKET/KEY``, in the API's order."""
+        return [f.location for f in self.files]

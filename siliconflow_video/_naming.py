@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from ._exceptions import UnsafeFileNameError
 
-__all__ = ["default_name", "safe_stem", "target_path"]
+__all__ = ["check_name", "default_name", "safe_stem", "target_path"]
 
 #: Longest stem: leaves room for "_<index><ext>" and for ".part.json" within 255 bytes.
 MAX_STEM = 120
@@ -78,6 +78,15 @@ def default_name(request_id: str, index: int, url: str) -> str:
     """f"{safe_stem(request_id)}_{index}{ext}" with ext taken from the URL path when it is a
     short alphanumeric video suffix, else '.mp4'."""
     return f"{safe_stem(request_id)}_{index}{_suffix_from_url(url)}"
+
+
+def check_name(name: str) -> str:
+    """``name`` when it is one plain, safe component (as ``target_path`` checks it): the
+    same names are allowed for an object under an ``s3://`` prefix as for a file."""
+    problem = _name_problem(name)
+    if problem is not None:
+        raise UnsafeFileNameError(f"unsafe file name {name!r}: {problem}")
+    return name
 
 
 def target_path(dest: Path, name: str) -> Path:

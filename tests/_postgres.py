@@ -108,6 +108,10 @@ class Cluster:
             timeout=90,
         )
 
+    def stop(self) -> None:
+        """Stop the server at once (every connection dropped), until ``start``."""
+        self.pg_ctl("stop", "-m", "immediate", "-w")
+
     def restart(self) -> None:
         """Stop the server at once (every connection dropped) and start it again."""
         self.pg_ctl("stop", "-m", "immediate", "-w")
@@ -126,12 +130,13 @@ class Cluster:
         ) as conn:
             conn.execute(sql)
 
-    def new_database(self) -> tuple[str, str]:
-        """A fresh role (with ``PASSWORD``) owning a fresh database: (role, database)."""
+    def new_database(self, password: str = PASSWORD) -> tuple[str, str]:
+        """A fresh role (with ``password``) owning a fresh database: (role, database)."""
         with self._lock:
             n = next(self._names)
         role, db = f"journal_user_{n}", f"journal_{n}"
-        self.admin(f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'")
+        quoted = password.replace("'", "''")
+        self.admin(f"CREATE ROLE {role} LOGIN PASSWORD '{quoted}'")
         self.admin(f"CREATE DATABASE {db} OWNER {role}")
         return role, db
 

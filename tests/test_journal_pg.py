@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from siliconflow_video._exceptions import (
+    JournalConnectionError,
     JournalError,
     JournalForeignError,
     JournalVersionError,
@@ -115,6 +116,110 @@ async def test_a_write_is_retried_only_if_it_surely_did_not_commit(
         (again,) = await journal.accept(["r2"], dest="/v")
         assert again.state is JobState.WAITING
         assert PASSWORD not in repr(journal)
+
+
+async def test_a_server_that_stays_down_is_a_typed_error_after_the_deadline(
+    postgres: Cluster, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL stopped for longer than reconnect_timeout: each write raises
+    JournalConnectionError ("not made"), and once the server is back the same journal
+    goes on with every write acknowledged before, and none of the refused ones."""
+    caplog.set_level(logging.DEBUG, logger="siliconflow_video")
+    async with PostgresJournal(
+        pg_url, flush_interval=0.01, reconnect_timeout=1, connect_timeout=1
+    ) as journal:
+        await journal.accept(["before"], dest="/v")
+        await asyncio.to_thread(postgres.stop)
+        try:
+            for rid in ("during-1", "during-2"):  # the second: past the deadline already
+                with pytest.raises(JournalConnectionError) as caught:
+                    await journal.accept([rid], dest="/v")
+                assert isinstance(caught.value, ConnectionError)
+                assert "this change was not made" in str(caught.value)
+                assert PASSWORD not in str(caught.value)
+        finally:
+            await asyncio.to_thread(postgres.start)
+        (after,) = await journal.accept(["after"], dest="/v")
+        assert after.state is JobState.WAITING
+        assert sorted(j.job_key for j in await journal.jobs()) == ["after", "before"]
+    assert sorted(j.job_key for j in read_jobs(pg_url)) == ["after", "before"]
+    assert all(PASSWORD not in r.getMessage() for r in caplog.records)
+
+
+async def test_a_connection_lost_again_and_again_is_not_retried_forever(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that takes every new connection and drops it mid-batch: the write ends
+    in JournalConnectionError once reconnect_timeout has passed (reconnects that succeed
+    do not start the count anew), and the journal works once the server behaves."""
+    real = pg_module.execute
+    dropping = True
+
+    async def dropped(conn: Any, target: Any, query: Q) -> Any:
+        if dropping and query.sql.startswith("INSERT INTO jobs"):
+            await conn.close()
+            raise Lost("server closed the connection unexpectedly")
+        return await real(conn, target, query)
+
+    monkeypatch.setattr(pg_module, "execute", dropped)
+    async with PostgresJournal(pg_url, flush_interval=0.01, reconnect_timeout=0.5) as journal:
+        with pytest.raises(JournalConnectionError, match="lost again"):
+            await journal.accept(["r1"], dest="/v")
+        dropping = False
+        (job,) = await journal.accept(["r2"], dest="/v")
+        assert job.state is JobState.WAITING
+        assert [j.job_key for j in await journal.jobs()] == ["r2"]
+
+
+async def test_a_server_out_of_reach_at_open_is_a_connection_error(
+    postgres: Cluster, pg_database: tuple[str, str]
+) -> None:
+    """Nothing listening at the URL: JournalConnectionError at open; a wrong password is
+    a plain JournalError that names the user and password as the suspects."""
+    role, db = pg_database
+    closed = f"postgresql://{role}:{PASSWORD}@127.0.0.1:{_postgres.free_port()}/{db}"
+    with pytest.raises(JournalConnectionError, match="Is the server running") as caught:
+        await PostgresJournal(closed, connect_timeout=2).open()
+    assert "\n" not in str(caught.value)  # one line, as libpq's two are joined
+    with pytest.raises(JournalConnectionError):
+        read_jobs(closed)
+    wrong = postgres.url(role, db).replace(PASSWORD, "not-the-password")
+    with pytest.raises(JournalError, match="user and password") as caught:
+        await PostgresJournal(wrong).open()
+    assert not isinstance(caught.value, JournalConnectionError)
+    assert "not-the-password" not in str(caught.value)
+
+
+async def test_a_connection_lost_while_opening_is_a_connection_error(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server gone while the journal is being opened or read: a JournalConnectionError
+    (never the internal "connection lost" signal), and the next open works."""
+    from siliconflow_video._journal import _pgschema
+
+    real, real_sync = pg_module.execute, _pgschema.execute_sync
+    losing = True
+
+    async def lost(conn: Any, target: Any, query: Q) -> Any:
+        if losing:
+            raise Lost("server closed the connection unexpectedly")
+        return await real(conn, target, query)
+
+    def lost_sync(conn: Any, target: Any, query: Q) -> Any:
+        if losing:
+            raise Lost("server closed the connection unexpectedly")
+        return real_sync(conn, target, query)
+
+    monkeypatch.setattr(pg_module, "execute", lost)
+    monkeypatch.setattr(_pgschema, "execute_sync", lost_sync)
+    with pytest.raises(JournalConnectionError, match="was lost"):
+        await PostgresJournal(pg_url).open()
+    with pytest.raises(JournalConnectionError, match="was lost"):
+        read_jobs(pg_url)
+    losing = False
+    async with PostgresJournal(pg_url) as journal:
+        await journal.accept(["r1"], dest="/v")
+    assert [j.job_key for j in read_jobs(pg_url)] == ["r1"]
 
 
 MIGRATOR = textwrap.dedent(

@@ -31,7 +31,7 @@ from typing import Any, TextIO
 
 import attrs
 
-from .._client import AsyncClient, resume_plan
+from .._client import AsyncClient, destination, resume_plan
 from .._config import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -305,11 +305,10 @@ class Cli:
     async def download(self) -> int:
         args = self.args
         ids = self.ids
-        dest = Path(args.output)
         journal = journal_path(args)
         try:
             async with self.downloading_client(journal) as client:
-                await check_destination(dest, "-o")
+                dest = await check_output(args.output, "-o")
                 await writable_journal(client)  # a bad one ends the command before any wait
                 await self.preflight(client, ids)
                 self.display.track(ids, downloading=True)
@@ -321,7 +320,7 @@ class Cli:
         return code
 
     async def fetch_all(
-        self, client: AsyncClient, ids: list[str], dest: Path, timeout: float | None
+        self, client: AsyncClient, ids: list[str], dest: Path | str, timeout: float | None
     ) -> None:
         """Wait for the ids and download each as soon as its job succeeds; each row is
         printed the moment its id is finished."""
@@ -353,7 +352,6 @@ class Cli:
 
     async def enqueue(self) -> int:
         args = self.args
-        dest = Path(args.output)
         path = self.journal_or_usage("enqueue")
         ids = []
         for rid in self.ids:
@@ -361,7 +359,7 @@ class Cli:
                 ids.append(check_request_id(rid))
             except SiliconFlowError as exc:
                 raise UsageError(f"{exc}; nothing was recorded", "check the ids") from None
-        await check_destination(dest, "-o")
+        dest = await check_output(args.output, "-o")
         async with open_journal(path) as journal:
             refuse_read_only(journal)
             records = await journal.accept(ids, dest=dest)
@@ -410,7 +408,7 @@ class Cli:
                     self.display.track(self.ids, downloading=True)
                     async with asyncio.TaskGroup() as tasks:
                         for dest, ids in plan.items():
-                            tasks.create_task(self.fetch_all(client, ids, Path(dest), args.timeout))
+                            tasks.create_task(self.fetch_all(client, ids, dest, args.timeout))
         except BaseExceptionGroup as group:
             return self.resume_failed(_first_leaf(group))
         except (*_GLOBAL_ERRORS, DownloadError) as exc:
@@ -832,6 +830,17 @@ def _try_writing(dest: Path, option: str) -> None:
         probe = dest / ".siliconflow-video-check"
         message = disk_message(exc, "write", probe)
         raise DestinationError(message, option=option, path=str(dest)) from None
+
+
+async def check_output(text: str, option: str) -> Path | str:
+    """``-o``'s destination, checked before any work: a folder (made, and written in once),
+    or an ``s3://BUCKET/PREFIX`` (well formed, and the ``[s3]`` extra installed)."""
+    if text.lower().startswith("s3://"):
+        destination(text)  # a ConfigurationError: one line, exit code 2
+        return text
+    dest = Path(text)
+    await check_destination(dest, option)
+    return dest
 
 
 async def check_destination(dest: Path, option: str) -> None:

@@ -115,7 +115,8 @@ def demo_report(run: DemoRun, dest: Path) -> list[str]:
             verified = file.index < len(expected) and expected[file.index] == file.sha256
             mark = "verified" if verified else "MISMATCH"
             lines.append(
-                f"  {file.path.resolve()}  {human_size(file.size)}  sha256 {file.sha256}  {mark}"
+                f"  {Path(file.location).resolve()}  {human_size(file.size)}  "
+                f"sha256 {file.sha256}  {mark}"
             )
         if outcome.error is not None:
             lines.append(f"  {outcome.request_id}: {outcome.error}")

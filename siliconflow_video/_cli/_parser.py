@@ -259,7 +259,9 @@ def journal_path(args: argparse.Namespace) -> Path | str | None:
     if getattr(args, "no_journal", False):
         return None
     folder = getattr(args, "output", None) or getattr(args, "download", None)
-    return None if folder is None else Path(folder) / DEFAULT_JOURNAL
+    if folder is None or str(folder).lower().startswith("s3://"):
+        return None  # a bucket holds no journal: --journal says where one is
+    return Path(folder) / DEFAULT_JOURNAL
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,7 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._config import DEFAULT_BASE_URL
-from .._models import EventKind, ProgressEvent, Status, VideoFile, VideoStatus
+from .._models import EventKind, ProgressEvent, Status, StoredFile, VideoStatus
 from ._explain import explain
 from ._rows import (
     failure_words,
@@ -151,7 +151,7 @@ class _Job:
         self.done = False
         self.failed = False
         self.error: BaseException | None = None
-        self.files: tuple[VideoFile, ...] | None = None
+        self.files: tuple[StoredFile, ...] | None = None
         self.meter = Meter()
 
     @property
@@ -273,7 +273,7 @@ class Display:
         self,
         request_id: str,
         error: BaseException | None,
-        files: Iterable[VideoFile] | None = None,
+        files: Iterable[StoredFile] | None = None,
     ) -> None:
         """The id is done, with ``error`` or without; ``files`` (its outcome's) tell which
         videos were reused. They may come after the batch's own "done" event."""
@@ -350,7 +350,7 @@ class PlainDisplay(Display):
             "%s: video %s saved as %s (%s)",
             printable(request_id),
             event.index,
-            event.path,
+            event.location or event.path,
             human_size(event.bytes_total),
         )
 
@@ -474,7 +474,7 @@ class LiveDisplay(Display):
         self,
         request_id: str,
         error: BaseException | None,
-        files: Iterable[VideoFile] | None = None,
+        files: Iterable[StoredFile] | None = None,
     ) -> None:
         with self._lock:
             super().finished(request_id, error, files)

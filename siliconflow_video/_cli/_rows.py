@@ -9,7 +9,7 @@ from typing import Any, TextIO
 import attrs
 
 from .._exceptions import JobFailedError
-from .._models import Outcome, Status, VideoFile, VideoStatus
+from .._models import Outcome, Status, StoredFile, VideoStatus
 from ._explain import explain
 
 __all__ = [
@@ -102,7 +102,7 @@ class Row:
     sha256: tuple[str | None, ...] = ()  # one per path; None where not computed
     error: BaseException | None = None
     urls: tuple[str, ...] | None = None  # None: a download row, which has no "urls" key
-    files: tuple[VideoFile, ...] = ()
+    files: tuple[StoredFile, ...] = ()
 
     @classmethod
     def from_outcome(cls, outcome: Outcome) -> Row:
@@ -111,7 +111,7 @@ class Row:
             request_id=outcome.request_id,
             status=status.status.value if status else None,
             reason=(status.reason or None) if status else None,
-            paths=tuple(str(f.path) for f in outcome.files),
+            paths=tuple(f.location for f in outcome.files),
             sha256=tuple(f.sha256 for f in outcome.files),
             error=outcome.error,
             files=outcome.files,
@@ -140,7 +140,7 @@ class Row:
             "sha256": list(self.sha256),
             "files": [
                 {
-                    "path": str(f.path),
+                    "path": f.location,
                     "index": f.index,
                     "size": f.size,
                     "sha256": f.sha256,

@@ -72,7 +72,10 @@ def journal_name(path_or_url: str | os.PathLike[str]) -> str:
 
 
 def _is_postgres(path_or_url: str | os.PathLike[str]) -> bool:
-    return os.fspath(path_or_url).startswith(_POSTGRES)
+    from ._pgschema import is_keywords  # libpq's "host=H dbname=D password=W" form
+
+    text = os.fspath(path_or_url)
+    return text.startswith(_POSTGRES) or is_keywords(text)
 
 
 def _sqlite_path(path_or_url: str | os.PathLike[str]) -> str:
@@ -109,8 +112,9 @@ def open_journal(
 
     A missing file is created (mode 0600); its folder must exist. ``synchronous="full"``
     also survives power loss, at one fsync per commit (see ``SQLiteJournal``). A
-    ``postgresql://`` URL opens a ``PostgresJournal`` (its tables are created on first
-    open; ``synchronous`` is the server's business there, and ignored).
+    ``postgresql://`` URL (or libpq's ``host=H dbname=D user=U`` form) opens a
+    ``PostgresJournal`` (its tables are created on first open; ``synchronous`` is the
+    server's business there, and ignored).
     """
     if _is_postgres(path_or_url):
         from ._postgres import PostgresJournal
@@ -155,7 +159,7 @@ def read_jobs(
 def _read_postgres(
     url: str, *, unfinished: bool, states: Iterable[JobState] | None
 ) -> list[JobRecord]:
-    from ._pgschema import connect_sync, execute_sync, parse_url, prepare
+    from ._pgschema import Lost, connect_sync, execute_sync, lost_at_open, parse_url, prepare
 
     target = parse_url(url)
     with connect_sync(target) as conn:
@@ -164,8 +168,11 @@ def _read_postgres(
         def run(query: Q) -> Any:
             return execute_sync(conn, target, query)
 
-        drive(prepare(tx, read_only=True), run)
-        return drive(select_jobs(tx, unfinished=unfinished, states=states), run)
+        try:
+            drive(prepare(tx, read_only=True), run)
+            return drive(select_jobs(tx, unfinished=unfinished, states=states), run)
+        except Lost as lost:
+            raise lost_at_open(lost, target) from None
 
 
 def __getattr__(name: str) -> Any:

@@ -54,6 +54,7 @@ import attrs
 
 from .._exceptions import ConfigurationError
 from .._logging import redact_url, scrub_urls
+from .._sinks._target import S3Target, is_s3_url
 
 __all__ = [
     "ErrorInfo",
@@ -295,6 +296,8 @@ def normalize_dest(dest: str | os.PathLike[str]) -> str:
     text = os.fspath(dest)
     if not text:
         raise ConfigurationError("dest must not be empty")
+    if is_s3_url(text):
+        return str(S3Target.parse(text))  # one spelling: s3://BUCKET/PREFIX/
     return text if "://" in text else os.path.abspath(text)
 
 
@@ -478,3 +481,24 @@ class Journal(abc.ABC):
     @abc.abstractmethod
     async def find(self, request_id: str) -> JobRecord | None:
         """The job with this requestId, if journaled."""
+
+    # -- uploads in flight (s3:// destinations) -------------------------------------------
+
+    async def upload_state(self, job_key: str, index: int) -> str | None:
+        """What :meth:`save_upload_state` last kept for one video, or None.
+
+        The text is the pipeline's (JSON: the multipart upload's id, part size, the video
+        host's validator, the parts' numbers and ETags); a journal keeps it opaque. This
+        default keeps it among the values (``load_value``); SQL journals override it.
+        """
+        kept = await self.load_value(_upload_name(job_key, index))
+        return kept or None
+
+    async def save_upload_state(self, job_key: str, index: int, state: str | None) -> None:
+        """Keep one video's upload state, replacing the last (None: forget it, once the
+        video is done or its upload aborted). A durable write, made after each part."""
+        await self.save_value(_upload_name(job_key, index), state or "")
+
+
+def _upload_name(job_key: str, index: int) -> str:
+    return f"upload:{index}:{job_key}"  # the index first: a job key may hold any ':'

@@ -683,6 +683,37 @@ class SQLJournal(Journal):
 
         await self._write(run)
 
+    # -- uploads in flight: in the same key/value table, one row per video ------------------
+
+    async def upload_state(self, job_key: str, index: int) -> str | None:
+        def run(tx: Tx) -> Step[str | None]:
+            row = yield tx.one("SELECT value FROM meta WHERE key = ?", _upload_key(job_key, index))
+            return None if row is None else str(row["value"])
+
+        return await self._read(run)
+
+    async def save_upload_state(self, job_key: str, index: int, state: str | None) -> None:
+        key = _upload_key(job_key, index)
+
+        def run(tx: Tx) -> Step[None]:
+            if state is None:
+                yield tx.run("DELETE FROM meta WHERE key = ?", key)
+            else:
+                yield tx.run(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    key,
+                    state,
+                )
+
+        await self._write(run)
+
+
+def _upload_key(job_key: str, index: int) -> str:
+    # Apart from the schema's keys and the client's values; the index first, since a job
+    # key may hold any character.
+    return f"upload:{index}:{job_key}"
+
 
 def _value_key(name: str) -> str:
     return f"value:{name}"  # apart from the schema's own keys (application, version)

@@ -20,6 +20,7 @@ import functools
 import getpass
 import os
 import re
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ import attrs
 
 from .._exceptions import (
     JournalBusyError,
+    JournalConnectionError,
     JournalCorruptError,
     JournalError,
     JournalForeignError,
@@ -43,12 +45,16 @@ __all__ = [
     "PG_SCHEMA_VERSION",
     "Lost",
     "Target",
+    "connect_error",
     "connect_sync",
     "execute_sync",
+    "is_keywords",
     "is_lost",
+    "lost_at_open",
     "parse_url",
     "pg_statement",
     "prepare",
+    "shown_url",
     "translate",
 ]
 
@@ -156,22 +162,98 @@ class Target:
     secrets: tuple[str, ...] = attrs.field(repr=False, default=())
 
     def scrub(self, text: str) -> str:
-        """``text`` without any password libpq might have been given."""
-        for secret in self.secrets:
+        """``text`` without any password libpq might have been given (longest first, so
+        that a password holding a shorter one goes whole)."""
+        for secret in sorted(self.secrets, key=len, reverse=True):
             text = text.replace(secret, "***")
+        text = _KEYWORD_PASSWORD.sub(r"\1***", text)
         return _URL_PASSWORD.sub(r"\1***@", text)
 
 
-_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]*:)[^@\s]*@")
+_SCHEMES = ("postgresql://", "postgres://")
+#: A URL's password as an error text might hold one: up to the last '@' of a word.
+_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]*:)\S*@")
+_KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\S+)")
+#: What follows a URL's user and password: hosts and a database with no '@' in them, and
+#: a query of key=value pairs (where an '@' may appear, in a file name).
+_AFTER_USERINFO = re.compile(r"[^/?#@]*(?:/[^?#@]*)?(?:\?[^=&#]+=[^&#]*(?:&[^=&#]+=[^&#]*)*)?")
+#: The keywords of a libpq connection string (``host=... dbname=...``), and a value.
+_KEYWORD = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
+#: What a libpq connection string starts with (any of its usual keywords).
+_FIRST_KEYWORD = re.compile(
+    r"\s*(host|hostaddr|port|dbname|user|password|passfile|service|sslmode|options|"
+    r"application_name|connect_timeout|target_session_attrs)\s*="
+)
+
+
+def is_keywords(text: str) -> bool:
+    """Whether ``text`` is a libpq connection string of keywords (``host=h dbname=d``)."""
+    return bool(_FIRST_KEYWORD.match(text))
+
+
+def _split_url(url: str) -> tuple[str, str | None, str] | None:
+    """A ``postgresql://`` URL as (scheme, its user and password as written, the rest);
+    None if ``url`` is no such URL.
+
+    libpq ends the user and password at the first '@' met before any '/'. That reading is
+    kept unless it leaves an '@' in the hosts or the database, as a password with an
+    unencoded '@' or '/' does (``bob:p@ss@host``): then they end at the first '@' after
+    which the URL reads as hosts and a database with none (as Python's urllib and asyncpg
+    read such a URL), and no piece of the password becomes a host name shown in errors.
+    """
+    scheme = next((s for s in _SCHEMES if url.startswith(s)), None)
+    if scheme is None:
+        return None
+    rest = url[len(scheme) :]
+    end = re.search(r"[@/]", rest)
+    userinfo = rest[: end.start()] if end is not None and end.group() == "@" else None
+    after = rest if userinfo is None else rest[len(userinfo) + 1 :]
+    if "@" not in after.split("?", 1)[0]:
+        return scheme, userinfo, after
+    for at, char in enumerate(rest):
+        if char == "@" and _AFTER_USERINFO.fullmatch(rest, at + 1):
+            return scheme, rest[:at], rest[at + 1 :]
+    return scheme, None, rest
+
+
+def _keywords(text: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for key, value in _KEYWORD.findall(text):
+        if value.startswith("'") and value.endswith("'") and len(value) > 1:
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        values[key] = value
+    return values
+
+
+def _name(params: dict[str, Any]) -> str:
+    """``postgresql://user@host:port/db``, libpq's defaults filled in as it does."""
+    user = str(params.get("user") or os.environ.get("PGUSER") or getpass.getuser())
+    host = str(params.get("host") or os.environ.get("PGHOST") or "localhost")
+    port = str(params.get("port") or os.environ.get("PGPORT") or "5432")
+    db = str(params.get("dbname") or os.environ.get("PGDATABASE") or user)
+    return f"postgresql://{user}@{host}:{port}/{db}"
 
 
 def shown_url(url: str) -> str:
-    """A PostgreSQL URL as shown to a person: no password, no query."""
-    return _URL_PASSWORD.sub(lambda m: m.group(1)[:-1] + "@", url).split("?", 1)[0]
+    """A PostgreSQL URL (or connection string) as shown to a person: no password, no
+    query. A URL that cannot be read shows nothing before its last '@'."""
+    if is_keywords(url):
+        return _name(_keywords(url))
+    text = "postgresql://" + url.split("://", 1)[-1] if url.startswith("postgresql+") else url
+    split = _split_url(text)
+    if split is None:
+        return url.rsplit("@", 1)[-1].split("?", 1)[0]
+    scheme, userinfo, rest = split
+    if userinfo is None:
+        # Unreadable if an '@' is left: whatever is before it may be secret.
+        return scheme + "...@" + rest.rsplit("@", 1)[-1] if "@" in rest else url.split("?")[0]
+    user = urllib.parse.quote(urllib.parse.unquote(userinfo.partition(":")[0]), safe="")
+    return f"{scheme}{user}@{rest.split('?', 1)[0]}"
 
 
 def parse_url(url: str) -> Target:
-    """The ``Target`` of a ``postgresql://`` (or ``postgres://``) URL."""
+    """The ``Target`` of a ``postgresql://`` (or ``postgres://``) URL, or of a libpq
+    connection string (``host=H port=P user=U password=W dbname=D``)."""
     text = url
     if text.startswith("postgresql+"):  # as SQLAlchemy spells a driver: postgresql+psycopg://
         text = "postgresql://" + text.split("://", 1)[-1]
@@ -183,24 +265,29 @@ def parse_url(url: str) -> Target:
             "a PostgreSQL journal needs psycopg: pip install 'siliconflow-video[postgres]'",
             path=shown_url(url),
         ) from None
+    secrets: list[str] = []
+    scheme, userinfo, rest = _split_url(text) or ("", None, "")
+    if userinfo is not None:
+        user, colon, written = userinfo.partition(":")
+        password = urllib.parse.unquote(written)
+        secrets += [written, password, urllib.parse.quote(password, safe="")]
+        # Given to libpq encoded, so that it reads the user and password meant.
+        text = f"{scheme}{urllib.parse.quote(urllib.parse.unquote(user), safe='')}"
+        text += f":{urllib.parse.quote(password, safe='')}@{rest}" if colon else f"@{rest}"
     try:
         params = conninfo_to_dict(text)
-    except psycopg.Error:
+    except psycopg.Error:  # its text may quote the password: not passed on
+        form = "connection string" if is_keywords(url) else "URL"
         raise JournalUnavailableError(
-            f"{shown_url(url)!r} is not a PostgreSQL URL; write "
-            "postgresql://USER[:PASSWORD]@HOST:PORT/DB",
+            f"{shown_url(url)!r}: this PostgreSQL {form} cannot be read; write "
+            "postgresql://USER[:PASSWORD]@HOST:PORT/DB (percent-encode any '@', ':', '/' "
+            "or '%' in the user or password, as %40 %3A %2F %25)",
             path=shown_url(url),
         ) from None
-    user = str(params.get("user") or os.environ.get("PGUSER") or getpass.getuser())
-    host = str(params.get("host") or os.environ.get("PGHOST") or "localhost")
-    port = str(params.get("port") or os.environ.get("PGPORT") or "5432")
-    db = str(params.get("dbname") or os.environ.get("PGDATABASE") or user)
-    secrets = tuple(
-        s
-        for s in (params.get("password"), os.environ.get("PGPASSWORD"))
-        if isinstance(s, str) and s
-    )
-    return Target(make_conninfo("", **params), f"postgresql://{user}@{host}:{port}/{db}", secrets)
+    secrets += [
+        s for s in (params.get("password"), os.environ.get("PGPASSWORD")) if isinstance(s, str)
+    ]
+    return Target(make_conninfo("", **params), _name(params), tuple(s for s in set(secrets) if s))
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -212,7 +299,8 @@ _BUSY = frozenset({"40P01", "40001", "55P03"})
 def translate(exc: Exception, target: Target) -> JournalError:
     """The typed error for a psycopg failure on the journal at ``target``."""
     state = str(getattr(exc, "sqlstate", None) or "")
-    text = target.scrub(str(exc).strip()) or type(exc).__name__
+    # One line (libpq's messages hold newlines and tabs), without any password.
+    text = " ".join(target.scrub(str(exc)).split()) or type(exc).__name__
     where = f"journal {target.shown!r}"
     path = target.shown
     if state in _BUSY:
@@ -241,6 +329,30 @@ def translate(exc: Exception, target: Target) -> JournalError:
         )
     suffix = f" [SQLSTATE {state}]" if state else ""
     return JournalError(f"{where}: {text}{suffix}", path=path)
+
+
+def connect_error(exc: Exception, target: Target) -> JournalError:
+    """The typed error for a failed connection attempt: the server out of reach
+    (``JournalConnectionError``), or refusing the user or password."""
+    error = translate(exc, target)
+    if type(error) is not JournalError:
+        return error
+    text = str(exc)
+    if "authentication" in text or "password" in text:  # libpq's words; it gives no SQLSTATE
+        return JournalError(
+            f"cannot connect to the journal: {error}; are the user and password right?",
+            path=error.path,
+        )
+    hint = "" if "Is the server running" in text else "; is PostgreSQL running there?"
+    return JournalConnectionError(f"cannot connect to the journal: {error}{hint}", path=error.path)
+
+
+def lost_at_open(lost: Lost, target: Target) -> JournalConnectionError:
+    """The error for a connection lost while the journal was being opened (or read)."""
+    return JournalConnectionError(
+        f"journal {target.shown!r}: the connection to PostgreSQL was lost ({lost}); try again",
+        path=target.shown,
+    )
 
 
 def is_lost(exc: Exception, broken: bool) -> bool:
@@ -279,7 +391,7 @@ def connect_sync(target: Target) -> Any:
             application_name="siliconflow-video",
         )
     except psycopg.Error as exc:
-        raise translate(exc, target) from None
+        raise connect_error(exc, target) from None
     try:
         conn.execute("SET default_transaction_read_only = on")
     except psycopg.Error as exc:
@@ -311,7 +423,7 @@ def execute_sync(conn: Any, target: Target, query: Q) -> Any:
         return cursor.rowcount
     except psycopg.Error as exc:
         if is_lost(exc, conn.broken or conn.closed):
-            raise Lost(target.scrub(str(exc).strip())) from None
+            raise Lost(" ".join(target.scrub(str(exc)).split())) from None
         raise translate(exc, target) from None
 
 

@@ -19,10 +19,21 @@ Leases
 Reconnects
     When the connection is lost (a server restart, a network cut), the batch in flight is
     looked at: writes whose ``COMMIT`` had not been sent cannot have committed, so they
-    run again on a new connection (with backoff, for up to ``reconnect_timeout``); writes
-    whose ``COMMIT`` was in flight may or may not be recorded, and their callers get a
-    ``JournalError`` saying so. A write is never silently lost, and never silently done
-    twice. Notes in such a commit are dropped (and logged), as notes may be.
+    run again on a new connection; writes whose ``COMMIT`` was in flight may or may not be
+    recorded, and their callers get a ``JournalError`` saying so. A write is never
+    silently lost, and never silently done twice. Notes in such a commit are dropped (and
+    logged), as notes may be.
+
+    The wait is bounded: from the moment the server was first found out of reach, the
+    journal tries to connect (with backoff, up to 1 s apart) for ``reconnect_timeout``
+    seconds; a connection that comes back only to be lost again does not start the count
+    anew (only a batch that gets through does). Past it, every change waiting and every
+    new one gets ``JournalConnectionError`` ("this change was not made") after one more
+    connection attempt each, until the server answers again; then the same journal
+    object goes on, with every write acknowledged before. So a call waits at most
+    ``reconnect_timeout`` plus two connection attempts (each at most ``connect_timeout``;
+    a host that refuses the connection answers at once): the last attempt of the batch
+    ahead of it, and its own.
 """
 
 from __future__ import annotations
@@ -38,10 +49,20 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
-from .._exceptions import ConfigurationError, JournalError
+from .._exceptions import ConfigurationError, JournalConnectionError, JournalError
 from .._logging import logger
 from ._core import SQLJournal
-from ._pgschema import Lost, Target, is_lost, parse_url, pg_statement, prepare, translate
+from ._pgschema import (
+    Lost,
+    Target,
+    connect_error,
+    is_lost,
+    lost_at_open,
+    parse_url,
+    pg_statement,
+    prepare,
+    translate,
+)
 from ._sql import POSTGRES, Q, Tx, drive_async
 from ._writer import MAX_BATCH, BatchRun, Kind, Op, Queue, only_notes, send
 
@@ -53,12 +74,15 @@ _FETCH_SLICE = 1000
 
 
 class PostgresJournal(SQLJournal):
-    """A journal in the PostgreSQL database at ``url`` (``postgresql://USER@HOST:PORT/DB``;
-    a password in the URL, in ``PGPASSWORD`` or in ``.pgpass`` is used and never shown).
+    """A journal in the PostgreSQL database at ``url`` (``postgresql://USER@HOST:PORT/DB``,
+    or libpq's ``host=H port=P user=U dbname=D`` form; a password in it, in ``PGPASSWORD``
+    or in ``.pgpass`` is used and never shown).
 
     ``busy_timeout`` bounds the wait for another process's lock on a row;
-    ``reconnect_timeout`` how long a write waits for the server to come back. ``path``
-    (in errors, logs and ``repr``) is the URL without its password.
+    ``reconnect_timeout`` how long a write waits for a lost server to come back (then
+    ``JournalConnectionError``; see the module's notes); ``connect_timeout`` one connection
+    attempt. ``path`` (in errors, logs and ``repr``) is ``postgresql://USER@HOST:PORT/DB``,
+    without the password.
     """
 
     def __init__(
@@ -100,7 +124,7 @@ class PostgresJournal(SQLJournal):
                 application_name="siliconflow-video",
             )
         except psycopg.Error as exc:
-            raise _unreachable(translate(exc, self._target)) from None
+            raise connect_error(exc, self._target) from None
         try:
             await conn.execute(f"SET lock_timeout = {int(self._busy_timeout * 1000)}")
             if self.read_only:
@@ -118,6 +142,10 @@ class PostgresJournal(SQLJournal):
                 prepare(tx, read_only=self.read_only),
                 lambda query: execute(conn, self._target, query),
             )
+        except Lost as lost:  # a restart mid-open: the migration is one transaction
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+            raise lost_at_open(lost, self._target) from None
         except BaseException:
             await conn.close()
             raise
@@ -143,16 +171,6 @@ class PostgresJournal(SQLJournal):
         self._stop_beating()
         if self._pg_writer is not None:
             self._pg_writer.abandon()
-
-
-def _unreachable(error: JournalError) -> JournalError:
-    if type(error) is JournalError:
-        return JournalError(
-            f"cannot connect to the journal: {error}; is PostgreSQL running there, and "
-            "are the user and password right?",
-            path=error.path,
-        )
-    return error
 
 
 async def execute(conn: Connection, target: Target, query: Q) -> Any:
@@ -183,7 +201,7 @@ async def execute(conn: Connection, target: Target, query: Q) -> Any:
         return cursor.rowcount
     except psycopg.Error as exc:
         if is_lost(exc, conn.broken or conn.closed):
-            raise Lost(target.scrub(str(exc).strip())) from None
+            raise Lost(" ".join(target.scrub(str(exc)).split())) from None
         raise translate(exc, target) from None
 
 
@@ -211,6 +229,9 @@ class PostgresWriter(Queue):
         self._reconnect_timeout = reconnect_timeout
         self._inbox: list[Op] = []
         self._wake = asyncio.Event()
+        #: When (loop time) the server was first found out of reach; None while batches
+        #: get through. Reconnects are tried for ``reconnect_timeout`` from then.
+        self._down_since: float | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -265,33 +286,46 @@ class PostgresWriter(Queue):
         if stop.future is not None:
             send([(stop.future, True, None)])
 
+    def _deadline(self) -> float:
+        loop = asyncio.get_running_loop()
+        if self._down_since is None:
+            self._down_since = loop.time()
+        return self._down_since + self._reconnect_timeout
+
     async def _connection(self) -> Connection:
+        """The connection, or a new one: tried until ``_deadline``, once at least."""
         conn = self._conn
         if conn is not None and not conn.closed and not conn.broken:
             return conn
         self._conn = None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._reconnect_timeout
+        deadline = self._deadline()
         pause = 0.05
         while True:
             try:
                 self._conn = await self._connect()
             except JournalError as exc:
-                if loop.time() + pause > deadline:
-                    raise JournalError(
-                        f"journal {self._target.shown!r}: PostgreSQL could not be reached "
-                        f"for {self._reconnect_timeout:g} s ({exc}); this change was not made",
-                        path=self._target.shown,
-                    ) from None
+                if loop.time() + pause >= deadline:
+                    raise self._gone(str(exc)) from None
                 await asyncio.sleep(pause)
                 pause = min(1.0, pause * 2)
             else:
                 logger.warning("journal %r: connected again", self._target.shown)
                 return self._conn
 
+    def _gone(self, why: str) -> JournalConnectionError:
+        return JournalConnectionError(
+            f"journal {self._target.shown!r}: PostgreSQL has been out of reach for more "
+            f"than {self._reconnect_timeout:g} s ({why}); this change was not made",
+            path=self._target.shown,
+        )
+
     async def _process(self, ops: list[Op]) -> Op | None:
-        """Run one batch to its end, across reconnects; the stop, if it held one."""
+        """Run one batch to its end, across reconnects (for a bounded time: see the
+        module's notes); the stop, if it held one."""
+        loop = asyncio.get_running_loop()
         stop: Op | None = None
+        lost_before = False
         while ops:
             try:
                 conn = await self._connection()
@@ -313,6 +347,15 @@ class PostgresWriter(Queue):
                     self._unknown(run.unsettled, lost)
                 else:  # no COMMIT was sent: nothing of this transaction can have committed
                     ops = run.unsettled + ops
+                # A server that takes connections and drops them again is out of reach
+                # too: the count of _deadline goes on across such reconnects.
+                if lost_before and loop.time() >= self._deadline():
+                    error = self._gone(f"the connection was lost again: {lost}")
+                    stop = stop or next((op for op in ops if op.kind is Kind.STOP), None)
+                    send([(op.future, False, error) for op in ops if op is not stop])
+                    return stop
+                self._deadline()
+                lost_before = True
                 logger.warning(
                     "journal %r: the connection was lost (%s); %d change(s) to make again "
                     "on a new connection",
@@ -322,6 +365,7 @@ class PostgresWriter(Queue):
                 )
                 continue
             send(run.results)
+            self._down_since = None
             return stop or run.stop
         return stop
 

@@ -8,38 +8,63 @@ Order matters and is kept here: ids are accepted (committed) before the first st
 call; a job's ``Succeed`` and its URLs are committed before its first byte is fetched; a
 video is recorded ``done`` before the pipeline reports it; a failure is recorded before
 its outcome. What the journal recorded as done, with its file still there at the recorded
-size, is reported again without a status call or a byte fetched.
+size, is reported again without a status call or a byte fetched (for an object in a
+bucket: there at the recorded size, asked of the store with one HEAD).
+
+An upload to an ``s3://`` destination is recorded after each part (``save_upload_state``:
+its upload id, part size, the video host's validator, the parts' numbers and ETags), so a
+process that takes the id over after a crash continues the same multipart upload from its
+next part; the record is cleared once the video is done, or its upload given up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from .._exceptions import JobFailedError, LeaseHeldError, SiliconFlowError, WaitTimeoutError
+from .._exceptions import (
+    InvalidDestinationError,
+    JobFailedError,
+    LeaseHeldError,
+    SiliconFlowError,
+    StorageError,
+    WaitTimeoutError,
+)
 from .._logging import logger
 from .._models import (
     Outcome,
     Status,
+    StoredFile,
+    StoredVideo,
     Timings,
     Video,
     VideoFile,
     VideoResults,
     VideoStatus,
 )
-from ._base import JobRecord, JobState, Journal, Lease
+from .._sinks import S3Object, S3Target, UploadedPart, UploadState, is_s3_url
+from ._base import JobRecord, JobState, Journal, Lease, VideoRecord, normalize_dest
 
-__all__ = ["JournalRecord", "Recorder"]
+__all__ = ["JournalRecord", "ObjectSize", "Recorder", "decode_upload", "encode_upload"]
+
+#: ``object_size(obj)``: the size of the object at that address, None when there is none.
+ObjectSize = Callable[[S3Object], Awaitable[int | None]]
 
 
 class Recorder:
     """The pipeline's side of a journal. This base records nothing (no journal)."""
 
-    async def accept(self, request_ids: list[str], dest: Path) -> dict[str, Outcome]:
+    #: True when upload states are kept (``on_state`` is worth calling).
+    keeps_uploads = False
+
+    async def accept(self, request_ids: list[str], dest: Path | S3Target) -> dict[str, Outcome]:
         """Record the ids; return the outcomes already known (done or finally failed)."""
         return {}
 
@@ -64,11 +89,18 @@ class Recorder:
     def url_seen(self, request_id: str, index: int, url: str) -> None:
         """A fresh URL for one video."""
 
-    async def video_done(self, request_id: str, video: VideoFile) -> None:
-        """One video is complete under its final name."""
+    async def video_done(self, request_id: str, video: StoredFile) -> None:
+        """One video is complete under its final name (or key)."""
 
     async def video_failed(self, request_id: str, index: int, error: BaseException) -> None:
         """One video could not be fetched."""
+
+    async def upload_state(self, request_id: str, index: int) -> UploadState | None:
+        """The multipart upload an earlier process left for this video, if recorded."""
+        return None
+
+    async def save_upload_state(self, request_id: str, index: int, state: UploadState) -> None:
+        """Where one video's multipart upload stands (after each part)."""
 
     def holds(self, request_id: str) -> bool:
         """True while this batch holds the id's lease."""
@@ -84,8 +116,14 @@ class Recorder:
 class JournalRecord(Recorder):
     """Records one batch into ``journal``."""
 
-    def __init__(self, journal: Journal, *, sha256: bool = False) -> None:
+    keeps_uploads = True
+
+    def __init__(
+        self, journal: Journal, *, sha256: bool = False, object_size: ObjectSize | None = None
+    ) -> None:
         self.journal = journal
+        # Asks the store whether a recorded object is still there (None: no store here).
+        self.object_size = object_size
         # Outcomes must carry each file's digest: a journal entry without one is re-read.
         self.sha256 = sha256
         # Job keys whose lease we hold or asked for: added before the claim is awaited, so
@@ -93,14 +131,14 @@ class JournalRecord(Recorder):
         self.claimed: set[str] = set()
         # A job journaled before its submit is keyed by a generated key, not its id.
         self.keys: dict[str, str] = {}
-        self.dest = Path.cwd()
+        self.dest: Path | S3Target = Path.cwd()
 
     def key(self, request_id: str) -> str:
         return self.keys.get(request_id, request_id)
 
-    async def accept(self, request_ids: list[str], dest: Path) -> dict[str, Outcome]:
+    async def accept(self, request_ids: list[str], dest: Path | S3Target) -> dict[str, Outcome]:
         self.dest = dest
-        records = await self.journal.accept_known(request_ids, dest=dest)
+        records = await self.journal.accept_known(request_ids, dest=_dest_text(dest))
         known: dict[str, Outcome] = {}
         for record in records.values():
             if record.request_id is not None:
@@ -127,7 +165,7 @@ class JournalRecord(Recorder):
     async def known_outcome(self, request_id: str) -> Outcome | None:
         # Accepted again now that the lease is ours: a job the other process failed on our
         # side is re-armed, as on a fresh run.
-        [record] = await self.journal.accept([request_id], dest=self.dest)
+        [record] = await self.journal.accept([request_id], dest=_dest_text(self.dest))
         return await self._outcome_of(record)
 
     def polled(self, status: VideoStatus) -> None:
@@ -154,17 +192,40 @@ class JournalRecord(Recorder):
     def url_seen(self, request_id: str, index: int, url: str) -> None:
         self.journal.note_video(self.key(request_id), index, url=url)
 
-    async def video_done(self, request_id: str, video: VideoFile) -> None:
+    async def video_done(self, request_id: str, video: StoredFile) -> None:
+        key = self.key(request_id)
         await self.journal.video_done(
-            self.key(request_id),
+            key,
             video.index,
-            path=str(video.path.absolute()),  # the journal outlives the working directory
+            # The journal outlives the working directory: absolute paths, s3:// URLs.
+            path=str(video.path.absolute()) if isinstance(video, VideoFile) else video.location,
             size=video.size,
             sha256=video.sha256,
         )
+        if isinstance(video, StoredVideo):
+            await self.journal.save_upload_state(key, video.index, None)  # completed: gone
 
     async def video_failed(self, request_id: str, index: int, error: BaseException) -> None:
-        await self.journal.video_failed(self.key(request_id), index, error)
+        key = self.key(request_id)
+        await self.journal.video_failed(key, index, error)
+        if not (isinstance(error, StorageError) and error.retryable):
+            # Given up, so the upload (if any) was aborted; a store outage leaves it open
+            # and recorded, for the next try to continue.
+            await self.journal.save_upload_state(key, index, None)
+
+    async def upload_state(self, request_id: str, index: int) -> UploadState | None:
+        kept = await self.journal.upload_state(self.key(request_id), index)
+        if kept is None:
+            return None
+        try:
+            return decode_upload(kept)
+        except (ValueError, TypeError, KeyError) as exc:
+            # Only costs a fresh upload (the old one expires by the bucket's lifecycle).
+            logger.warning("journal: the upload state of %r is unreadable: %s", request_id, exc)
+            return None
+
+    async def save_upload_state(self, request_id: str, index: int, state: UploadState) -> None:
+        await self.journal.save_upload_state(self.key(request_id), index, encode_upload(state))
 
     def holds(self, request_id: str) -> bool:
         return self.key(request_id) in self.claimed
@@ -199,15 +260,15 @@ class JournalRecord(Recorder):
             return Outcome(rid, failed, (), JobFailedError(rid, record.remote_reason))
         if record.state is not JobState.DONE or not record.videos:
             return None
-        files: list[VideoFile] = []
+        files: list[StoredFile] = []
         stale: list[int] = []
         for video in record.videos:
-            size = None if video.path is None else await asyncio.to_thread(_size_of, video.path)
-            if video.path is None or size is None or size != video.size:
+            found = None if video.path is None else await self._still_there(video.path, video)
+            if found is None:
                 stale.append(video.index)  # gone or changed since: fetch it again
                 continue
-            files.append(VideoFile(Path(video.path), size, video.sha256, True, video.index))
-        if record.dest != _absolute(self.dest) or (
+            files.append(found)
+        if record.dest != _dest_text(self.dest) or (
             self.sha256 and any(video.sha256 is None for video in record.videos)
         ):
             # Asked into another folder (fetched there, never reported from one the caller
@@ -220,6 +281,61 @@ class JournalRecord(Recorder):
             await self.journal.reopen(record.job_key, stale)
         return None
 
+    async def _still_there(self, path: str, video: VideoRecord) -> StoredFile | None:
+        """The recorded video, when its file (or object) is there at the recorded size."""
+        if not is_s3_url(path):
+            size = await asyncio.to_thread(_size_of, path)
+            if size is None or size != video.size:
+                return None
+            return VideoFile(Path(path), size, video.sha256, True, video.index)
+        if self.object_size is None:
+            return None
+        try:
+            obj = S3Object.parse(path)
+        except InvalidDestinationError:
+            return None
+        try:
+            size = await self.object_size(obj)
+        except StorageError as exc:
+            # Fetched again then: the upload finds the object if it is there after all,
+            # and otherwise fails as this id's outcome, not the batch's.
+            logger.warning("could not check %s in the store: %s", path, exc)
+            return None
+        if size is None or size != video.size:
+            return None
+        return StoredVideo(obj.bucket, obj.key, size, None, True, video.index)
+
+
+def encode_upload(state: UploadState) -> str:
+    """An upload's state as the journal keeps it (JSON)."""
+    data: dict[str, Any] = {
+        "upload_id": state.upload_id,
+        "part_size": state.part_size,
+        "etag": state.etag,
+        "last_modified": state.last_modified,
+        "total": state.total,
+        "parts": [[p.number, p.etag, p.size] for p in state.parts],
+    }
+    return json.dumps(data, separators=(",", ":"))
+
+
+def decode_upload(text: str) -> UploadState:
+    """What :func:`encode_upload` wrote; ValueError, TypeError or KeyError if it is not."""
+    data = json.loads(text)
+    return UploadState(
+        upload_id=str(data["upload_id"]),
+        part_size=int(data["part_size"]),
+        etag=data["etag"],
+        last_modified=data["last_modified"],
+        total=None if data["total"] is None else int(data["total"]),
+        parts=tuple(UploadedPart(int(n), str(e), int(z)) for n, e, z in data["parts"]),
+    )
+
+
+def _dest_text(dest: Path | S3Target) -> str:
+    """A destination as the journal records it: an absolute folder, or ``s3://B/PREFIX/``."""
+    return str(dest) if isinstance(dest, S3Target) else normalize_dest(dest)
+
 
 def _status_of(record: JobRecord) -> VideoStatus | None:
     """The ``Succeed`` answer the journal recorded (its URLs as last seen, long expired
@@ -231,10 +347,6 @@ def _status_of(record: JobRecord) -> VideoStatus | None:
         timings=Timings(inference=record.inference_s),
     )
     return VideoStatus(record.request_id, Status.SUCCEED, None, results)
-
-
-def _absolute(dest: Path) -> str:
-    return os.path.abspath(dest)  # as the journal records a folder
 
 
 def _size_of(path: str) -> int | None:

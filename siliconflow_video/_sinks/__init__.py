@@ -26,7 +26,7 @@ from ._settings import (
     check_part_size,
     part_size_for,
 )
-from ._target import S3Target, is_s3_url
+from ._target import S3Object, S3Target, is_s3_url
 from ._upload import ObjectSink, StateCallback, StoredVideo, UploadState, upload_video
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "MultipartUpload",
     "ObjectInfo",
     "ObjectSink",
+    "S3Object",
     "PartCallback",
     "S3Settings",
     "S3Store",

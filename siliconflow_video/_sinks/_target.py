@@ -12,7 +12,7 @@ import attrs
 
 from .._exceptions import InvalidDestinationError
 
-__all__ = ["S3Target", "is_s3_url"]
+__all__ = ["S3Object", "S3Target", "is_s3_url"]
 
 _SCHEME = "s3://"
 
@@ -68,8 +68,32 @@ class S3Target:
         naming function's result, already checked to be a plain name)."""
         return self.prefix + name
 
+    def object_for(self, name: str) -> S3Object:
+        """The object a video named ``name`` becomes under this target."""
+        return S3Object(self.bucket, self.key_for(name))
+
     def __str__(self) -> str:
         return f"{_SCHEME}{self.bucket}/{self.prefix}"
+
+
+@attrs.frozen
+class S3Object:
+    """One object's address: where one video of an ``s3://`` destination goes."""
+
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, url: str) -> S3Object:
+        """``s3://BUCKET/KEY`` (as a journal records a stored video)."""
+        target = S3Target.parse(url.rpartition("/")[0] if url.count("/") > 2 else url)
+        key = url[len(_SCHEME) + len(target.bucket) + 1 :]
+        if not key or key.endswith("/"):
+            raise InvalidDestinationError(f"no object key in {url[:80]!r}")
+        return cls(target.bucket, key)
+
+    def __str__(self) -> str:
+        return f"{_SCHEME}{self.bucket}/{self.key}"
 
 
 def _bucket_problem(bucket: str) -> str | None:

@@ -35,6 +35,7 @@ from .._config import DownloadPolicy
 from .._download import Fetch, Progress, Validator
 from .._exceptions import DownloadError, ForeignFileError, StorageError
 from .._logging import logger, redact_url, scrub_urls
+from .._models import StoredVideo
 from ._s3 import MultipartUpload, S3Store, UploadedPart
 from ._settings import part_size_for
 
@@ -69,25 +70,6 @@ class UploadState:
 
 #: ``on_state(state)``, whenever the upload's state changes; may be a coroutine function.
 StateCallback = Callable[[UploadState], Awaitable[None] | None]
-
-
-@attrs.frozen
-class StoredVideo:
-    """A complete video in the bucket, as ``VideoFile`` is one on disk.
-
-    ``reused`` is True when the object was already there, whole, and nothing was sent.
-    """
-
-    bucket: str
-    key: str
-    size: int
-    etag: str | None
-    reused: bool
-    index: int
-
-    @property
-    def url(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
 
 
 @attrs.define
