@@ -5,6 +5,8 @@ documented."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import signal
 import socket
 import subprocess
@@ -16,12 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from siliconflow_video._journal import JobState, read_jobs
+from siliconflow_video._journal import JobState, open_journal, read_jobs
 from siliconflow_video.testing import FakeSiliconFlow, SlowBody
 
-from . import _postgres
+from . import _postgres, _seaweed
 from ._postgres import PASSWORD, Cluster, free_port
+from ._seaweed import BUCKET
 from .conftest import child_env, reaped, wait_until
+from .test_s3_batch import aws_env, object_bytes, object_keys, open_uploads
 
 postgres, pg_database, pg_url = _postgres.postgres, _postgres.pg_database, _postgres.pg_url
 
@@ -263,3 +267,91 @@ def test_a_metrics_port_taken_is_a_usage_error(pg_url: str, fake: FakeSiliconFlo
     assert done.returncode == 2, done.stderr
     assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def uploading_pid(url: str) -> int | None:
+    """The pid of a worker with an upload under way: parts recorded, its lease held."""
+
+    async def read() -> int | None:
+        async with open_journal(url, read_only=True) as journal:
+            for job in await journal.jobs(states=[JobState.DOWNLOADING]):
+                kept = await journal.upload_state(job.job_key, 0)
+                if job.lease_owner and kept is not None and json.loads(kept)["parts"]:
+                    return int(job.lease_owner.split(":")[1])
+        return None
+
+    return asyncio.run(read())
+
+
+@pytest.mark.slow
+def test_workers_into_s3_survive_one_killed_mid_upload(
+    request: pytest.FixtureRequest, pg_url: str, fake: FakeSiliconFlow
+) -> None:
+    """Three workers upload into s3:// on a real SeaweedFS; one is killed with SIGKILL
+    mid-upload: the others finish every object byte for byte, no multipart upload is left
+    open, and no object other than the whole videos is ever listed."""
+    seaweed = _seaweed.shared(request)
+    prefix = "fleet/killed"
+    part = 8 * 1024 * 1024  # the default part size: the workers read AWS_* only
+    ids = [fake.add_job(videos=[2 * part + 4321]) for _ in range(4)]
+    fake.add_fault("video", SlowBody(bytes_per_second=6 * 1024 * 1024), times=None)
+    env_s3 = {**aws_env(seaweed), "SILICONFLOW_API_KEY": KEY, "SILICONFLOW_BASE_URL": fake.base_url}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "siliconflow_video",
+            "enqueue",
+            *ids,
+            "-o",
+            f"s3://{BUCKET}/{prefix}",
+            "--journal",
+            pg_url,
+        ],
+        env=env_s3,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "siliconflow_video",
+                "worker",
+                "--journal",
+                pg_url,
+                "--burst",
+                "--concurrency",
+                "1",
+            ],
+            env=env_s3,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    expected = sorted(f"{prefix}/{rid}_0.mp4" for rid in ids)
+    with reaped(*procs):
+        wait_until(lambda: uploading_pid(pg_url) is not None, 90, "an upload under way")
+        victim_pid = uploading_pid(pg_url)
+        (victim,) = [p for p in procs if p.pid == victim_pid]
+        victim.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        others = [p for p in procs if p is not victim]
+        deadline = time.monotonic() + TAKEOVER_ALLOWED + 60
+        while any(p.poll() is None for p in others) and time.monotonic() < deadline:
+            assert set(object_keys(seaweed, prefix)) <= set(expected)  # never a stray key
+            time.sleep(0.2)
+        results = finish(others, timeout=30)
+        took = time.monotonic() - killed_at
+    assert [code for code, _ in results] == [0, 0], results
+    assert took < TAKEOVER_ALLOWED
+    assert object_keys(seaweed, prefix) == expected
+    for rid in ids:
+        assert object_bytes(seaweed, f"{prefix}/{rid}_0.mp4") == fake.video_bytes(rid), rid
+    assert open_uploads(seaweed, prefix) == []
+    assert {job.state for job in read_jobs(pg_url)} == {JobState.DONE}
