@@ -343,6 +343,10 @@ class Worker:
         outcome = "error"
         try:
             outcome = await self._poll_once(request_id, n)
+        except Exception as exc:
+            # procrastinate marks the task failed; the upkeep gives the id a new poll.
+            logger.warning("worker: poll of %s failed: %s", request_id, exc)
+            raise
         finally:
             self._metrics.tasks.labels(task="poll", outcome=outcome).inc()
             if self._client is not None:
@@ -419,6 +423,9 @@ class Worker:
         outcome = "error"
         try:
             outcome = await self._transfer_once(request_id, n)
+        except Exception as exc:
+            logger.warning("worker: transfer of %s failed: %s", request_id, exc)
+            raise
         finally:
             self._metrics.tasks.labels(task="transfer", outcome=outcome).inc()
             if self._client is not None:
