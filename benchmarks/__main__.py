@@ -6,7 +6,8 @@
     python -m benchmarks --quick            # a smoke run with small sizes (under a minute)
     python -m benchmarks --only polling     # one benchmark: download, polling, ratelimit,
                                             # workload (SiliconFlow-like), simulate, journal
-                                            # or upload (CDN → S3)
+                                            # upload (CDN → S3) or workers (a fleet
+                                            # on PostgreSQL)
     python -m benchmarks --loop uvloop      # run the measured Python clients on uvloop
 """
 
@@ -26,7 +27,16 @@ from typing import Any
 from ._measure import Row, libraries, log_to_stderr, machine, table
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("download", "polling", "ratelimit", "workload", "simulate", "journal", "upload")
+BENCHMARKS = (
+    "download",
+    "polling",
+    "ratelimit",
+    "workload",
+    "simulate",
+    "journal",
+    "upload",
+    "workers",
+)
 
 Runner = Callable[..., tuple[list[Row], dict[str, Any]]]
 
@@ -53,6 +63,10 @@ def _runner(name: str) -> Runner:
         from . import _journal
 
         return _journal.run
+    if name == "workers":
+        from . import _workers
+
+        return _workers.run
     if name == "upload":
         from . import _upload
 

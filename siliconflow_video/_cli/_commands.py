@@ -79,6 +79,7 @@ from ._parser import DEFAULT_JOURNAL, collect_ids, journal_path, name_from_templ
 from ._progress import Display, DisplayHandler, LiveDisplay, PlainDisplay
 from ._rows import Row, human_size, printable, write_text
 from ._submits import SubmitLine, read_submit_file
+from ._worker import defer_for_workers, run_worker_command
 
 __all__ = ["INTERRUPTED", "Cli", "check_destination", "run"]
 
@@ -387,6 +388,7 @@ class Cli:
         async with open_journal(path) as journal:
             refuse_read_only(journal)
             records = await journal.accept(ids, dest=dest)
+        await defer_for_workers(path, ids)  # a PostgreSQL journal: running workers start now
         for record in records:
             if args.json:
                 self.out(
@@ -408,6 +410,9 @@ class Cli:
             how,
         )
         return EXIT_OK
+
+    async def worker(self) -> int:
+        return await run_worker_command(self.args, self.api_key, journal_path(self.args))
 
     async def resume(self) -> int:
         args = self.args

@@ -14,6 +14,7 @@ from .._exceptions import UnsafeFileNameError
 from .._naming import safe_stem, target_path
 from .._version import __version__
 from ._explain import UsageError
+from ._worker import add_worker_command
 
 __all__ = [
     "DEFAULT_JOURNAL",
@@ -491,6 +492,7 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
         help="folder for the demo videos (default: ./siliconflow-demo)",
     )
     _add_json(demo)
+    worker = add_worker_command(commands, common)
     return parser, {
         "download": download,
         "enqueue": enqueue,
@@ -500,6 +502,7 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
         "wait": wait,
         "submit": submit,
         "demo": demo,
+        "worker": worker,
     }
 
 

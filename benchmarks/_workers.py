@@ -1,0 +1,186 @@
+"""Worker-fleet benchmark: 1, 2 and 4 `siliconflow-video worker --burst` processes drain
+one PostgreSQL journal against the fake under one account rate limit.
+
+Each run: a fresh fake (its token bucket full) in a child process, a fresh schema in a
+throw-away PostgreSQL cluster (tests/_postgres.py: Debian's binaries), ``jobs`` ids that
+finish uniformly over ``spread`` seconds, journaled before the workers start. The time
+to drain runs from starting the workers to the last job the journal records ``done``
+(worker start-up included); the ideal is the issue's ``max(last finish, jobs / limit)``:
+no fleet sees a job before it finishes, nor makes more than ``limit`` calls a second. The
+429 share is the server's count over every status call of the run.
+
+Every worker adapts on its own (each client's rate governor slows down on its 429s); there
+is no shared budget in PostgreSQL. Polls follow the blind schedule (a fleet has no one
+process following a job from its first answer, which learned polling needs), so a job
+costs one call per poll until it finishes, and the one that sees ``Succeed`` goes on
+into the transfer with no further call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import attrs
+
+from ._measure import Child, Library, Metrics, Row, fmt_ratio, interleave, median, values
+from ._polling import API_KEY, serve_jobs
+
+
+@attrs.frozen
+class Fleet:
+    jobs: int
+    rate: float
+    spread: float
+    sizes: tuple[int, ...] = (1, 2, 4)
+    concurrency: int = 8
+
+
+FULL = Fleet(jobs=300, rate=20.0, spread=20.0)
+QUICK = Fleet(jobs=60, rate=10.0, spread=4.0, sizes=(1, 2))
+
+
+@contextlib.contextmanager
+def _cluster() -> Iterator[Any]:
+    sys.path.insert(0, os.fspath(os.path.dirname(os.path.dirname(__file__))))
+    from tests._postgres import running_cluster
+
+    with running_cluster() as cluster:
+        yield cluster
+
+
+def run(
+    *,
+    quick: bool,
+    reps: int,
+    loop: str,
+    log: Callable[[str], None],
+    builds: Sequence[Library],
+) -> tuple[list[Row], dict[str, Any]]:
+    fleet = QUICK if quick else FULL
+    log(
+        f"workers: {fleet.jobs} jobs finishing over 0-{fleet.spread:g} s, limit "
+        f"{fleet.rate:g} calls/s, fleets of {', '.join(map(str, fleet.sizes))} workers "
+        f"(concurrency {fleet.concurrency} each)"
+    )
+    with _cluster() as cluster:
+        role, db = cluster.new_database()
+        variants = [(f"{n} workers", _one_run(cluster, role, db, fleet, n)) for n in fleet.sizes]
+        runs = interleave(variants, reps, log=log)
+    return _rows(fleet, runs), {"fleet": attrs.asdict(fleet), "runs": runs}
+
+
+def _one_run(cluster: Any, role: str, db: str, fleet: Fleet, n: int) -> Callable[[int], Metrics]:
+    def one_run(rep: int) -> Metrics:
+        url = cluster.url(role, db, schema=cluster.new_schema(role, db))
+        with Child(serve_jobs, fleet.rate, True, name="rate-limited fake API") as server:
+            base_url: str = server.recv(timeout=60)["base_url"]
+            server.send(("jobs", fleet.jobs, fleet.spread, 3000 + rep))
+            jobs = server.recv(timeout=60)
+            asyncio.run(_accept(url, jobs["ids"]))
+            server.send(("stats",))
+            server.recv(timeout=60)  # empties the log: only the workers' calls count
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("SILICONFLOW_")},
+                "SILICONFLOW_API_KEY": API_KEY,
+                "SILICONFLOW_BASE_URL": base_url,
+            }
+            started = time.time()
+            procs = [
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "siliconflow_video",
+                        "-q",
+                        "worker",
+                        "--journal",
+                        url,
+                        "--burst",
+                        "--concurrency",
+                        str(fleet.concurrency),
+                    ],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for _ in range(n)
+            ]
+            codes = []
+            for proc in procs:
+                _, err = proc.communicate(timeout=fleet.spread + 900)
+                if proc.returncode:
+                    raise RuntimeError(f"a worker exited {proc.returncode}: {err[-2000:]}")
+                codes.append(proc.returncode)
+            server.send(("stats",))
+            stats = server.recv(timeout=60)
+        from siliconflow_video._journal import JobState, read_jobs
+
+        records = read_jobs(url)
+        if {r.state for r in records} != {JobState.DONE} or len(records) != fleet.jobs:
+            raise RuntimeError("the fleet did not finish every job")
+        last_done = max(r.finished_at.timestamp() for r in records if r.finished_at)
+        drained = last_done - started
+        ideal = max(max(jobs["finish"]) - started, fleet.jobs / fleet.rate)
+        return {
+            "drain": drained,
+            "ideal": ideal,
+            "vs_ideal": drained / ideal,
+            "status_calls": stats["status_calls"],
+            "rate_limited": stats["rate_limited"],
+            "share_429": stats["rate_limited"] / max(stats["status_calls"], 1),
+            "calls_per_job": stats["status_calls"] / fleet.jobs,
+        }
+
+    return one_run
+
+
+async def _accept(url: str, ids: list[str]) -> None:
+    from siliconflow_video._journal import open_journal
+
+    async with open_journal(url) as journal:
+        await journal.accept(ids, dest=os.path.join("/tmp", "sfv-bench-workers", url[-8:]))
+
+
+def _rows(fleet: Fleet, runs: dict[str, list[Metrics]]) -> list[Row]:
+    name = f"Workers: {fleet.jobs} jobs @ {fleet.rate:g}/s"
+    rows: list[Row] = []
+    for label, lib in runs.items():
+        ratio = median(values(lib, "vs_ideal"))
+        share = median(values(lib, "share_429"))
+        target = label.startswith("4 ")
+        rows += [
+            Row(
+                name,
+                f"{label}: time to drain, s (vs max(last finish, jobs/limit))",
+                f"{median(values(lib, 'drain')):.1f}",
+                f"{median(values(lib, 'ideal')):.1f}",
+                fmt_ratio(ratio),
+                "≤ 1.2x" if target else "",
+                ratio <= 1.2 if target else None,
+            ),
+            Row(
+                name,
+                f"{label}: share of status calls answered 429",
+                f"{share:.1%}",
+                "",
+                "",
+                "< 5%" if target else "",
+                share < 0.05 if target else None,
+            ),
+            Row(
+                name,
+                f"{label}: status calls per job (ideal: 1)",
+                f"{median(values(lib, 'calls_per_job')):.2f}",
+                "1.00",
+                fmt_ratio(median(values(lib, "calls_per_job"))),
+            ),
+        ]
+    return rows

@@ -1,0 +1,162 @@
+"""``siliconflow-video worker``: one worker of a fleet sharing a PostgreSQL journal.
+
+Registered by ``_parser`` (``add_worker_command``) and run by ``_commands`` (``Cli.worker``
+calls :func:`run_worker_command`); what a worker does is ``siliconflow_video._worker``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from .._config import API_KEY_ENV
+from .._exceptions import SiliconFlowError
+from ._explain import UsageError
+
+__all__ = ["add_worker_command", "defer_for_workers", "run_worker_command"]
+
+log = logging.getLogger("siliconflow_video.cli")
+
+_POSTGRES = ("postgres://", "postgresql://", "postgresql+")
+_EXTRA = "pip install 'siliconflow-video[worker]'"
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {value}")
+    return value
+
+
+def _concurrency(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def add_worker_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> argparse.ArgumentParser:
+    """The ``worker`` command's parser, added to ``commands``."""
+    worker = commands.add_parser(
+        "worker",
+        parents=[common],
+        help="work on the ids of a PostgreSQL journal, with other workers",
+        description="Poll and download every unfinished id of a PostgreSQL journal (what "
+        "'enqueue --journal postgresql://...' recorded), sharing the work with every other "
+        "worker on the same journal; a dead worker's jobs are taken over by the others. "
+        "Stop it with SIGTERM (exit 143) or Ctrl-C (130): running tasks get 10 s to finish. "
+        "With --burst: exit 0 once all is done, 1 if an id it handled failed. 2: a usage or "
+        "configuration error.",
+    )
+    worker.add_argument(
+        "--journal",
+        required=True,
+        metavar="URL",
+        help="the shared journal: postgresql://USER@HOST:PORT/DB (the password from "
+        "PGPASSWORD or ~/.pgpass rather than the URL)",
+    )
+    worker.add_argument(
+        "--burst",
+        action="store_true",
+        help="stop once no work is left (exit 0, or 1 if an id failed)",
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=_concurrency,
+        default=8,
+        metavar="N",
+        help="tasks (status calls, transfers) at once in this worker (default: 8)",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the address the metrics listen on (default: 127.0.0.1, this machine only)",
+    )
+    return worker
+
+
+def _postgres(journal: Path | str | None) -> str | None:
+    text = None if journal is None else str(journal)
+    return text if text is not None and text.startswith(_POSTGRES) else None
+
+
+async def run_worker_command(
+    args: argparse.Namespace, api_key: str | None, journal: Path | str | None
+) -> int:
+    """Run one worker until stopped (or, ``--burst``, until no work is left)."""
+    url = _postgres(journal)
+    if url is None:
+        raise UsageError(
+            "the worker needs a PostgreSQL journal",
+            "pass --journal postgresql://USER@HOST:PORT/DB, the journal the ids were "
+            "enqueued in (one machine: 'siliconflow-video resume' does the work)",
+        )
+    key = (api_key or "").strip()
+    if not key:
+        raise UsageError(
+            "no API key", f"set the {API_KEY_ENV} environment variable (or pass --api-key)"
+        )
+    try:
+        import procrastinate  # noqa: F401
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise UsageError("the worker needs procrastinate and prometheus_client", _EXTRA) from None
+    from .._worker import Worker
+
+    worker = Worker(
+        url,
+        concurrency=args.concurrency,
+        burst=args.burst,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        client_options={"api_key": key, "base_url": args.base_url},
+    )
+    log.info("worker %s on %s (concurrency %d)", worker.name, worker.shown, args.concurrency)
+    # procrastinate logs a traceback for each database error it recovers from; the worker
+    # says what happened in one line of its own (-v shows procrastinate's too).
+    engine = logging.getLogger("procrastinate")
+    level = engine.level
+    engine.setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
+    try:
+        code = await worker.run()
+    finally:
+        engine.setLevel(level)
+    if worker.failed:
+        log.warning("%d ids failed; see: siliconflow-video jobs --journal URL", len(worker.failed))
+    return code
+
+
+async def defer_for_workers(journal: Path | str | None, request_ids: Sequence[str]) -> None:
+    """After ``enqueue`` into a PostgreSQL journal: a poll task for each id now, so that
+    running workers start at once (they also find journaled ids on their own)."""
+    url = _postgres(journal)
+    if url is None:
+        return
+    try:
+        import procrastinate  # noqa: F401
+    except ImportError:
+        return  # no worker extra here: the workers find the ids in the journal
+    from .._worker import enqueue_polls
+
+    try:
+        await enqueue_polls(url, list(request_ids))
+    except (SiliconFlowError, OSError) as exc:
+        log.warning("warning: the ids are journaled, but no task was queued for them: %s", exc)

@@ -1,0 +1,107 @@
+"""The worker's Prometheus metrics, in a registry of its own (never the process-wide one).
+
+Counters are fed from the loop: the client's ``rate_stats`` (status calls and 429s), the
+progress callback's BYTES events, and the tasks' outcomes. Labels hold states, task names
+and outcomes only: never an id, a URL or a credential.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .._exceptions import ConfigurationError
+from .._journal import JobRecord, JobState
+from .._models import EventKind, ProgressEvent
+from .._pacing import GovernorStats
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    """Counters and gauges of one worker process, and the HTTP listener serving them."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.jobs = Gauge(
+            "siliconflow_video_jobs",
+            "Jobs in the journal, by state",
+            ["state"],
+            registry=self.registry,
+        )
+        self.status_calls = Counter(
+            "siliconflow_video_status_calls",
+            "Status calls made by this worker",
+            registry=self.registry,
+        )
+        self.status_429 = Counter(
+            "siliconflow_video_status_429",
+            "Answers 429 (rate limited) this worker received",
+            registry=self.registry,
+        )
+        self.bytes = Counter(
+            "siliconflow_video_bytes_transferred",
+            "Video bytes this worker received",
+            registry=self.registry,
+        )
+        self.transfer_retries = Counter(
+            "siliconflow_video_transfer_retries",
+            "Transfers run again for an id (after a worker died, or an earlier try failed)",
+            registry=self.registry,
+        )
+        self.tasks = Counter(
+            "siliconflow_video_tasks",
+            "Tasks run by this worker, by task and outcome",
+            ["task", "outcome"],
+            registry=self.registry,
+        )
+        for state in JobState:
+            self.jobs.labels(state=state.value).set(0)
+        self._seen = GovernorStats(rate=None, requests=0, rate_limited=0)
+        self._bytes: dict[tuple[str, int], int] = {}
+        self._server: Any = None
+
+    def serve(self, port: int, host: str) -> int:
+        """Serve ``/metrics`` on ``host:port`` (0: any free port) from a thread; the port."""
+        from prometheus_client import start_http_server
+
+        try:
+            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:  # the port taken, an address not of this machine
+            raise ConfigurationError(
+                f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
+            ) from None
+        return int(self._server.server_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def count_calls(self, stats: GovernorStats) -> None:
+        """Add what the client's governor counted since the last look."""
+        self.status_calls.inc(max(stats.requests - self._seen.requests, 0))
+        self.status_429.inc(max(stats.rate_limited - self._seen.rate_limited, 0))
+        self._seen = stats
+
+    def count_jobs(self, jobs: Iterable[JobRecord]) -> None:
+        counts = dict.fromkeys(JobState, 0)
+        for job in jobs:
+            counts[job.state] += 1
+        for state, count in counts.items():
+            self.jobs.labels(state=state.value).set(count)
+
+    def progress(self, event: ProgressEvent) -> None:
+        """The progress callback of the transfers: BYTES events add their new bytes."""
+        if event.kind is EventKind.BYTES and event.index is not None:
+            key = (event.request_id, event.index)
+            before = self._bytes.get(key, 0)
+            if event.bytes_done > before:
+                self.bytes.inc(event.bytes_done - before)
+            self._bytes[key] = event.bytes_done
+        elif event.kind is EventKind.DONE:
+            for key in [k for k in self._bytes if k[0] == event.request_id]:
+                del self._bytes[key]
