@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,15 @@ from typing import Any
 import pytest
 
 from siliconflow_video import AsyncClient
+from siliconflow_video._naming import default_name
 from siliconflow_video.testing import FakeSiliconFlow
+
+from . import _postgres, _seaweed
+from ._seaweed import BUCKET
+from .test_s3_batch import aws_env, object_bytes
+
+# The fixtures of a real PostgreSQL (tests/_postgres.py), used by name.
+postgres, pg_database, pg_url = _postgres.postgres, _postgres.pg_database, _postgres.pg_url
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -129,6 +138,32 @@ def quick(fake: FakeSiliconFlow) -> FakeSiliconFlow:
     return fake
 
 
+def s3_env(request: pytest.FixtureRequest, text: str) -> dict[str, str]:
+    """The standard AWS variables naming the session's SeaweedFS, for a block that writes
+    to ``s3://`` (the README says they are set); nothing for one that does not."""
+    if "s3://" not in text:
+        return {}
+    seaweed = _seaweed.shared(request)
+    return {k: v for k, v in aws_env(seaweed).items() if k.startswith("AWS_")}
+
+
+def s3_keys(text: str) -> list[str]:
+    """The ``s3://BUCKET/PREFIX/`` destinations a block names, as key prefixes."""
+    found = re.findall(rf"s3://{BUCKET}/([\w./-]*)", text)
+    return sorted({p if p.endswith("/") or not p else p + "/" for p in found})
+
+
+def assert_objects(
+    request: pytest.FixtureRequest, text: str, fake: FakeSiliconFlow, ids: Iterable[str]
+) -> None:
+    """Every id's video, whole, under each ``s3://`` prefix the block names."""
+    seaweed = _seaweed.shared(request)
+    for prefix in s3_keys(text):
+        for rid in ids:
+            name = default_name(rid, 0, "https://host/video.mp4")  # the fake serves .mp4
+            assert object_bytes(seaweed, f"{prefix}{name}") == fake.video_bytes(rid), rid
+
+
 def assert_videos(folder: Path, fake: FakeSiliconFlow) -> None:
     """Every job of the fake has its videos, whole, in ``folder``."""
     for rid in fake.jobs:
@@ -175,21 +210,24 @@ FRAGMENT_NAMES = {"ids", "client"}
 
 @pytest.mark.parametrize("block", FRAGMENTS, ids=lambda b: b.name)
 async def test_a_fragment_runs_as_printed(
-    block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
-    """A fragment of an ``async def`` runs in a loop, given ``ids`` and ``client``."""
+    """A fragment of an ``async def`` runs in a loop, given ``ids`` and ``client`` (and,
+    for ``s3://``, the AWS variables naming a real SeaweedFS)."""
     assert free_names(block.text) <= FRAGMENT_NAMES
     async with FakeSiliconFlow(api_key=KEY) as fake:
         quick(fake)
         ids = [fake.add_job(run_seconds=0.1, videos=[20_000]) for _ in range(2)]
-        for name, value in fake_env(fake).items():
+        for name, value in {**fake_env(fake), **s3_env(request, block.text)}.items():
             monkeypatch.setenv(name, value)
         monkeypatch.chdir(tmp_path)
         async with AsyncClient() as client:
             namespace: dict[str, Any] = {"ids": ids, "client": client}
             code = compile(block.text, block.name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
             await eval(code, namespace)  # the README's own code
-        if "videos/" in block.text:
+        if "s3://" in block.text:
+            assert_objects(request, block.text, fake, ids)
+        elif "videos/" in block.text:
             assert_videos(tmp_path / "videos", fake)
 
 
@@ -340,9 +378,10 @@ def runnable(part: str, ci: list[list[str]]) -> bool:
     return bool(words) and not is_install(words) and not is_benchmark(words) and words not in ci
 
 
-def test_the_shell_blocks_run_as_printed(tmp_path: Path) -> None:
+def test_the_shell_blocks_run_as_printed(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Every other command of the README's sh blocks runs, in order, in one shell,
-    against the fake: exit 0, and no error line."""
+    against the fake: exit 0, and no error line. ``$JOURNAL`` names a real PostgreSQL
+    database and ``s3://`` a real SeaweedFS (the AWS variables set), as the README says."""
     ci = ci_commands()
     script = []
     for block in sh_blocks():
@@ -364,6 +403,9 @@ def test_the_shell_blocks_run_as_printed(tmp_path: Path) -> None:
         if exported:
             del env["SILICONFLOW_API_KEY"]  # the README's export sets it
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env.update(s3_env(request, text))
+        if "$JOURNAL" in text:
+            env["JOURNAL"] = request.getfixturevalue("pg_url")
         proc = subprocess.run(
             ["bash", "-xeuo", "pipefail", "-c", text],  # -x: stderr names a failing command
             cwd=tmp_path,
@@ -378,6 +420,8 @@ def test_the_shell_blocks_run_as_printed(tmp_path: Path) -> None:
     downloaded = {w for c in commands(text) if "download" in c for w in c} & placeholders
     for rid in downloaded:  # each id given to download was fetched
         assert fake.requests_for("video", rid), rid
+    to_s3 = {w for c in commands(text) if any("s3://" in x for x in c) for w in c} & placeholders
+    assert_objects(request, text, fake, to_s3)  # each id given an s3:// dest is in the bucket
     if any("submit" in c for c in commands(text)):
         assert fake.requests_for("submit")
     demo = any(c[:2] == ["siliconflow-video", "demo"] for c in commands(text))
