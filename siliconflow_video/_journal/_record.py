@@ -315,6 +315,8 @@ def encode_upload(state: UploadState) -> str:
         "last_modified": state.last_modified,
         "total": state.total,
         "parts": [[p.number, p.etag, p.size] for p in state.parts],
+        "bucket": state.bucket,
+        "key": state.key,
     }
     return json.dumps(data, separators=(",", ":"))
 
@@ -329,6 +331,9 @@ def decode_upload(text: str) -> UploadState:
         last_modified=data["last_modified"],
         total=None if data["total"] is None else int(data["total"]),
         parts=tuple(UploadedPart(int(n), str(e), int(z)) for n, e, z in data["parts"]),
+        # Absent from states recorded before the object was: taken to be this one.
+        bucket=None if data.get("bucket") is None else str(data["bucket"]),
+        key=None if data.get("key") is None else str(data["key"]),
     )
 
 

@@ -18,13 +18,29 @@ What happens to the multipart upload:
 - The object becomes visible only whole (``complete_multipart_upload``), carrying the request
   id and index in its metadata: a rerun finds it and uploads nothing (``reused``).
 - A transfer that gives up (tries used up, a refusal, an expired URL with no fresh one, a
-  store error retrying cannot fix) aborts its upload. A cancellation (and a crash) leaves it
-  open for a resume; so does a store outage (a retryable :class:`StorageError`) when
-  ``on_state`` was given, since then someone knows the upload's id.
+  store error retrying cannot fix) aborts its upload.
+
+Never is an upload left open that nobody can resume:
+
+- With ``on_state`` (a journal records the upload), a cancellation and a store outage (a
+  retryable :class:`StorageError`) leave the upload open for the resume, as a crash does.
+- Without it, nobody knows the upload's id: a cancellation aborts it, shielded from the
+  cancellation and bounded to :data:`ABORT_WAIT` seconds (a failure to abort is logged).
+- A recorded upload of another key (the destination or the naming changed since) is
+  aborted, not continued into this key.
+- A process killed outright (SIGKILL, power loss) cannot clean up. So before a new upload
+  is created for a key, the open uploads of exactly that key idle for more than
+  ``S3Settings.abandoned_after`` (an hour; by the store's clock, from the last part) are
+  aborted: no live upload is that silent (it sends a part every ``part_size`` bytes), and
+  one a journal still records only costs that resume a fresh start (it finds the upload
+  gone, or this object whole). Without the ``ListBucketMultipartUploads`` permission this
+  step is skipped (logged). A bucket lifecycle rule ``AbortIncompleteMultipartUpload``
+  (after a day or two) remains the backstop for everything else.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
@@ -41,6 +57,9 @@ from ._settings import part_size_for
 
 __all__ = ["ObjectSink", "StateCallback", "StoredVideo", "UploadState", "upload_video"]
 
+#: The longest a cancelled upload with nobody to resume it waits for its abort.
+ABORT_WAIT = 10.0
+
 #: User metadata that says whose video an object is (``x-amz-meta-...``).
 REQUEST_ID_KEY = "siliconflow-request-id"
 INDEX_KEY = "siliconflow-index"
@@ -54,6 +73,8 @@ class UploadState:
     and ``total`` are the validator of the video host's answer its parts came from (sent as
     ``If-Range`` and compared with the resumed answer). ``parts`` are those the store has
     confirmed, in order: informative, since a resume asks the store itself (``list_parts``).
+    ``bucket`` and ``key`` say which object the upload is for (None in a state recorded
+    before they were: then it is taken to be this one).
     """
 
     upload_id: str
@@ -62,6 +83,8 @@ class UploadState:
     last_modified: str | None = None
     total: int | None = None
     parts: tuple[UploadedPart, ...] = ()
+    bucket: str | None = None
+    key: str | None = None
 
     @property
     def validator(self) -> Validator:
@@ -198,6 +221,11 @@ class ObjectSink:
         state = self.resume_from
         if state is None:
             return
+        if (state.bucket, state.key) not in ((None, None), (self.source.bucket, self.source.key)):
+            # Recorded for another object (the destination or naming changed): never
+            # continued into this one, and not left open either.
+            await self._drop_recorded(state)
+            return
         upload = self._new(state.part_size, upload_id=state.upload_id)
         offset = await upload.start()
         self.upload = upload
@@ -256,6 +284,9 @@ class ObjectSink:
         upload = self.upload
         if upload is None:
             return
+        if isinstance(error, asyncio.CancelledError) and self.on_state is None:
+            await self._abort_cancelled(upload)
+            return
         if _resumable(error, recorded=self.on_state is not None):
             await upload.detach()
             logger.debug(
@@ -285,6 +316,70 @@ class ObjectSink:
             "and a later call starts over"
         )
 
+    async def _abort_cancelled(self, upload: MultipartUpload) -> None:
+        """Abort an upload whose transfer was cancelled with nobody to resume it: in a
+        task of its own (a second cancellation does not stop it), waited for at most
+        ``ABORT_WAIT`` seconds, its failure only logged (the cancellation goes on)."""
+        where = self.source.where
+
+        def seen(task: asyncio.Task[None]) -> None:
+            if task.cancelled():
+                logger.warning("gave up aborting the multipart upload of %s; it stays open", where)
+            elif (exc := task.exception()) is not None:
+                logger.warning(
+                    "could not abort the multipart upload of %s (%s); it stays open until a "
+                    "lifecycle rule or a later upload of the key removes it",
+                    where,
+                    exc,
+                )
+
+        task = asyncio.get_running_loop().create_task(upload.abort())
+        task.add_done_callback(seen)
+        done, _ = await asyncio.wait({task}, timeout=ABORT_WAIT)
+        if not done:
+            task.cancel()
+        else:
+            logger.debug("cancelled: aborted the multipart upload of %s", where)
+
+    async def _drop_recorded(self, state: UploadState) -> None:
+        """Abort a recorded upload meant for another object; failing that, log it."""
+        where = f"s3://{state.bucket}/{state.key}"
+        if state.bucket != self.store.bucket or state.key is None:
+            logger.warning(
+                "the recorded multipart upload %s of %s is not continued into %s; it stays "
+                "open until a lifecycle rule removes it",
+                state.upload_id,
+                where,
+                self.source.where,
+            )
+            return
+        try:
+            await self.store.abort_upload(state.key, state.upload_id)
+        except StorageError as exc:
+            logger.warning("could not abort the multipart upload of %s (%s)", where, exc)
+        else:
+            logger.info(
+                "aborted the recorded multipart upload of %s: the video now goes to %s",
+                where,
+                self.source.where,
+            )
+
+    async def _abort_abandoned(self) -> None:
+        """Before a new upload of the key: abort those of the key a killed process left
+        (idle for ``abandoned_after``); looking is best effort and never fails the video."""
+        idle_for = self.store.settings.abandoned_after
+        if idle_for is None:
+            return
+        key = self.source.key
+        try:
+            for upload_id in await self.store.idle_uploads(key, idle_for):
+                await self.store.abort_upload(key, upload_id)
+                logger.info(
+                    "aborted the abandoned multipart upload %s of %s", upload_id, self.source.where
+                )
+        except StorageError as exc:
+            logger.debug("could not look for abandoned uploads of %s: %s", self.source.where, exc)
+
     # -- the upload
 
     def _new(self, part_size: int, *, upload_id: str | None = None) -> MultipartUpload:
@@ -304,6 +399,7 @@ class ObjectSink:
         """The upload, created now if there is none yet (sized for ``total``)."""
         if self.upload is None:
             upload = self._new(part_size_for(total, self.store.settings.part_size))
+            await self._abort_abandoned()
             await upload.start()
             self.upload = upload
             await self._publish()
@@ -322,7 +418,14 @@ class ObjectSink:
             return
         v = self._validator or Validator(None, None, None)
         state = UploadState(
-            upload.upload_id, upload.part_size, v.etag, v.last_modified, v.total, upload.parts
+            upload.upload_id,
+            upload.part_size,
+            v.etag,
+            v.last_modified,
+            v.total,
+            upload.parts,
+            self.source.bucket,
+            self.source.key,
         )
         result = self.on_state(state)
         if inspect.isawaitable(result):
