@@ -137,3 +137,48 @@ def test_abandoned_after_is_checked() -> None:
     assert S3Settings(abandoned_after=None).abandoned_after is None
     with pytest.raises(ConfigurationError, match="abandoned_after"):
         S3Settings(abandoned_after=-1)
+
+
+async def test_recorded_upload_of_an_encoded_answer_starts_over(
+    fake: FakeSiliconFlow, seaweed: Seaweed, prefix: str, tmp_path: Path
+) -> None:
+    """A recorded upload whose parts came from an encoded answer (no validator: its bytes
+    cannot be continued by a Range request) is not continued from its parts: the video
+    is fetched from byte 0 into a new upload, and the recorded one is gone."""
+    rid = fake.add_job(videos=[PART + 4321])
+    key = f"{prefix}/{rid}_0.mp4"
+    admin = seaweed.admin_client()
+
+    def leave() -> str:
+        created = admin.create_multipart_upload(Bucket=BUCKET, Key=key)
+        upload_id: str = created["UploadId"]
+        etag = admin.upload_part(
+            Bucket=BUCKET, Key=key, UploadId=upload_id, PartNumber=1, Body=b"z" * PART
+        )["ETag"]
+        state = {
+            "upload_id": upload_id,
+            "part_size": PART,
+            "etag": None,
+            "last_modified": None,
+            "total": None,
+            "parts": [[1, etag, PART]],
+            "bucket": BUCKET,
+            "key": key,
+            "validated": False,
+        }
+        left.append(json.dumps(state))
+        return upload_id
+
+    left: list[str] = []
+    upload_id = await asyncio.to_thread(leave)
+    journal_path = tmp_path / "j"
+    async with make_client(fake, s3=settings(seaweed), journal=journal_path) as client:
+        journal = await client.journal()
+        assert journal is not None
+        await journal.accept([rid], dest=f"s3://{BUCKET}/{prefix}")
+        await journal.save_upload_state(rid, 0, left[0])
+        [outcome] = await client.wait_and_download([rid], f"s3://{BUCKET}/{prefix}")
+    assert outcome.ok, outcome.error
+    assert [r.headers.get("Range") for r in fake.requests_for("video", rid)] == [None]
+    assert await asyncio.to_thread(object_bytes, seaweed, key) == fake.video_bytes(rid)
+    assert upload_id not in await asyncio.to_thread(_upload_ids, seaweed, key)

@@ -317,6 +317,7 @@ def encode_upload(state: UploadState) -> str:
         "parts": [[p.number, p.etag, p.size] for p in state.parts],
         "bucket": state.bucket,
         "key": state.key,
+        "validated": state.validated,
     }
     return json.dumps(data, separators=(",", ":"))
 
@@ -334,6 +335,7 @@ def decode_upload(text: str) -> UploadState:
         # Absent from states recorded before the object was: taken to be this one.
         bucket=None if data.get("bucket") is None else str(data["bucket"]),
         key=None if data.get("key") is None else str(data["key"]),
+        validated=data.get("validated") is not False,
     )
 
 

@@ -74,7 +74,9 @@ class UploadState:
     ``If-Range`` and compared with the resumed answer). ``parts`` are those the store has
     confirmed, in order: informative, since a resume asks the store itself (``list_parts``).
     ``bucket`` and ``key`` say which object the upload is for (None in a state recorded
-    before they were: then it is taken to be this one).
+    before they were: then it is taken to be this one). ``validated`` is False when the
+    parts came from an answer with no validator to resume against (an encoded body, whose
+    bytes cannot be continued by a ``Range`` request): such an upload starts over.
     """
 
     upload_id: str
@@ -85,6 +87,7 @@ class UploadState:
     parts: tuple[UploadedPart, ...] = ()
     bucket: str | None = None
     key: str | None = None
+    validated: bool = True
 
     @property
     def validator(self) -> Validator:
@@ -231,6 +234,10 @@ class ObjectSink:
         self.upload = upload
         known = state.total
         if upload.upload_id == state.upload_id and offset:
+            if not state.validated:
+                logger.debug("%s came from an encoded answer; starting over", self.source.where)
+                await self.start_over()
+                return
             if known is not None and offset > known:
                 logger.debug("%s holds more than the video; starting over", self.source.where)
                 await self.start_over()
@@ -426,6 +433,7 @@ class ObjectSink:
             upload.parts,
             self.source.bucket,
             self.source.key,
+            validated=self._validator is not None,
         )
         result = self.on_state(state)
         if inspect.isawaitable(result):
