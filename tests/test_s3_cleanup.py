@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 import pytest
 
-from siliconflow_video import ConfigurationError, S3Settings
+from siliconflow_video import ConfigurationError, ForeignFileError, S3Settings
 from siliconflow_video.testing import FakeSiliconFlow, SlowBody
 
 from . import _seaweed
@@ -182,3 +182,37 @@ async def test_recorded_upload_of_an_encoded_answer_starts_over(
     assert [r.headers.get("Range") for r in fake.requests_for("video", rid)] == [None]
     assert await asyncio.to_thread(object_bytes, seaweed, key) == fake.video_bytes(rid)
     assert upload_id not in await asyncio.to_thread(_upload_ids, seaweed, key)
+
+
+@pytest.mark.parametrize("ours", [True, False])
+async def test_recorded_upload_is_aborted_when_an_object_is_already_there(
+    fake: FakeSiliconFlow, seaweed: Seaweed, prefix: str, tmp_path: Path, ours: bool
+) -> None:
+    """A recorded upload of a key that already holds an object: this video whole (another
+    process finished it: reused) or a foreign one (the id fails). Either way the record is
+    dropped, and so the recorded upload is aborted rather than left open for nobody."""
+    rid = fake.add_job(videos=[PART + 77])
+    key = f"{prefix}/{rid}_0.mp4"
+    admin = seaweed.admin_client()
+    meta = {"siliconflow-request-id": rid, "siliconflow-index": "0"} if ours else {}
+
+    def prepare() -> str:
+        admin.put_object(Bucket=BUCKET, Key=key, Body=fake.video_bytes(rid), Metadata=meta)
+        return _leave_upload(seaweed, key)
+
+    upload_id = await asyncio.to_thread(prepare)
+    state = {"upload_id": upload_id, "part_size": PART, "etag": None, "last_modified": None}
+    state |= {"total": None, "parts": [], "bucket": BUCKET, "key": key}
+    async with make_client(fake, s3=settings(seaweed), journal=tmp_path / "j") as client:
+        journal = await client.journal()
+        assert journal is not None
+        await journal.accept([rid], dest=f"s3://{BUCKET}/{prefix}")
+        await journal.save_upload_state(rid, 0, json.dumps(state))
+        [outcome] = await client.wait_and_download([rid], f"s3://{BUCKET}/{prefix}")
+        assert await journal.upload_state(rid, 0) is None
+    if ours:
+        assert outcome.ok, outcome.error
+        assert [f.reused for f in outcome.files] == [True]
+    else:
+        assert isinstance(outcome.error, ForeignFileError), outcome.error
+    assert await asyncio.to_thread(_upload_ids, seaweed, key) == []

@@ -157,8 +157,17 @@ async def upload_video(
     """
     source = ObjectSource(url, store.bucket, key, request_id, index)
     try:
-        found = await _reuse(store, source)
+        try:
+            found = await _reuse(store, source)
+        except ForeignFileError:
+            if resume is not None:  # its record is dropped with this failure: not left open
+                await _abort_recorded(store, resume, source)
+            raise
         if found is not None:
+            if resume is not None:
+                # The object is whole (an earlier run completed it, or another process):
+                # the recorded upload is then gone, or stray; its record is dropped.
+                await _abort_recorded(store, resume, source)
             if on_progress is not None:
                 on_progress(found.size, found.size)
             return found
@@ -169,6 +178,30 @@ async def upload_video(
         if exc.request_id is None:
             exc.request_id = request_id
         raise
+
+
+async def _abort_recorded(store: S3Store, state: UploadState, source: ObjectSource) -> None:
+    """Abort the upload ``state`` records (one already gone is no error: the usual case
+    after a complete); failing that, or for another bucket, log that it stays open."""
+    key = source.key if state.key is None else state.key
+    where = f"s3://{state.bucket or source.bucket}/{key}"
+    if state.bucket not in (None, store.bucket):
+        logger.warning(
+            "the recorded multipart upload %s of %s is not continued into %s; it stays "
+            "open until a lifecycle rule removes it",
+            state.upload_id,
+            where,
+            source.where,
+        )
+        return
+    try:
+        await store.abort_upload(key, state.upload_id)
+    except StorageError as exc:
+        logger.warning(
+            "could not abort the multipart upload %s of %s (%s)", state.upload_id, where, exc
+        )
+    else:
+        logger.debug("aborted the recorded multipart upload %s of %s", state.upload_id, where)
 
 
 async def _reuse(store: S3Store, source: ObjectSource) -> StoredVideo | None:
@@ -227,7 +260,7 @@ class ObjectSink:
         if (state.bucket, state.key) not in ((None, None), (self.source.bucket, self.source.key)):
             # Recorded for another object (the destination or naming changed): never
             # continued into this one, and not left open either.
-            await self._drop_recorded(state)
+            await _abort_recorded(self.store, state, self.source)
             return
         upload = self._new(state.part_size, upload_id=state.upload_id)
         offset = await upload.start()
@@ -347,29 +380,6 @@ class ObjectSink:
             task.cancel()
         else:
             logger.debug("cancelled: aborted the multipart upload of %s", where)
-
-    async def _drop_recorded(self, state: UploadState) -> None:
-        """Abort a recorded upload meant for another object; failing that, log it."""
-        where = f"s3://{state.bucket}/{state.key}"
-        if state.bucket != self.store.bucket or state.key is None:
-            logger.warning(
-                "the recorded multipart upload %s of %s is not continued into %s; it stays "
-                "open until a lifecycle rule removes it",
-                state.upload_id,
-                where,
-                self.source.where,
-            )
-            return
-        try:
-            await self.store.abort_upload(state.key, state.upload_id)
-        except StorageError as exc:
-            logger.warning("could not abort the multipart upload of %s (%s)", where, exc)
-        else:
-            logger.info(
-                "aborted the recorded multipart upload of %s: the video now goes to %s",
-                where,
-                self.source.where,
-            )
 
     async def _abort_abandoned(self) -> None:
         """Before a new upload of the key: abort those of the key a killed process left
