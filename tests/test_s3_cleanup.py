@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def seaweed(request: pytest.FixtureRequest) -> Seaweed:
 
 @pytest.fixture
 def prefix(request: pytest.FixtureRequest) -> str:
-    return f"cleanup/{request.node.name.replace('[', '-').rstrip(']')}"
+    return "cleanup/" + re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)
 
 
 async def uploads_under(seaweed: Seaweed, prefix: str) -> list[str]:
@@ -216,3 +217,19 @@ async def test_recorded_upload_is_aborted_when_an_object_is_already_there(
     else:
         assert isinstance(outcome.error, ForeignFileError), outcome.error
     assert await asyncio.to_thread(_upload_ids, seaweed, key) == []
+
+
+@pytest.mark.parametrize("rid", ["vidé-1", " a b%c "])
+async def test_any_request_id_is_uploaded_and_reused(
+    fake: FakeSiliconFlow, seaweed: Seaweed, prefix: str, rid: str
+) -> None:
+    """S3 metadata takes only ASCII and trims spaces: an id with other characters is still
+    uploaded (not refused by the store), and a rerun still knows the object as its own."""
+    fake.add_job(rid, videos=[1000])
+    dest = f"s3://{BUCKET}/{prefix}"
+    async with make_client(fake, s3=settings(seaweed)) as client:
+        [first] = await client.wait_and_download([rid], dest)
+        [again] = await client.wait_and_download([rid], dest)
+    assert first.ok, first.error
+    assert again.ok, again.error
+    assert [f.reused for f in (*first.files, *again.files)] == [False, True]

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from urllib.parse import quote
 
 import aiohttp
 import attrs
@@ -211,7 +212,8 @@ async def _reuse(store: S3Store, source: ObjectSource) -> StoredVideo | None:
     if info is None:
         return None
     meta = info.metadata
-    if meta.get(REQUEST_ID_KEY) == source.request_id and meta.get(INDEX_KEY) == str(source.index):
+    whose = (meta.get(REQUEST_ID_KEY), meta.get(INDEX_KEY))
+    if whose == (_meta_id(source.request_id), str(source.index)):
         return StoredVideo(source.bucket, source.key, info.size, info.etag, True, source.index)
     raise source.error(
         f"{source.where} already exists and was not uploaded by siliconflow-video as "
@@ -401,7 +403,7 @@ class ObjectSink:
 
     def _new(self, part_size: int, *, upload_id: str | None = None) -> MultipartUpload:
         metadata: Mapping[str, str] = {
-            REQUEST_ID_KEY: self.source.request_id,
+            REQUEST_ID_KEY: _meta_id(self.source.request_id),
             INDEX_KEY: str(self.source.index),
         }
         return self.store.upload(
@@ -448,6 +450,13 @@ class ObjectSink:
         result = self.on_state(state)
         if inspect.isawaitable(result):
             await result
+
+
+def _meta_id(request_id: str) -> str:
+    """The request id as object metadata carries it: S3 takes only ASCII there and trims
+    spaces, so anything but letters, digits and ``_.-~`` is percent-encoded (a hex or
+    uuid id, as SiliconFlow's are, is itself)."""
+    return quote(request_id, safe="")
 
 
 def _resumable(error: BaseException, *, recorded: bool) -> bool:
