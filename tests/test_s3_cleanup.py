@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -233,3 +234,28 @@ async def test_any_request_id_is_uploaded_and_reused(
     assert first.ok, first.error
     assert again.ok, again.error
     assert [f.reused for f in (*first.files, *again.files)] == [False, True]
+
+
+async def test_a_folder_rerun_does_not_ask_the_bucket_an_id_went_to(
+    fake: FakeSiliconFlow,
+    seaweed: Seaweed,
+    prefix: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An id journaled as done in a bucket, then asked into a folder: it is fetched there
+    without a word to the store (which may be out of reach now), as for another folder."""
+    rid = fake.add_job(videos=[1000])
+    journal_path = tmp_path / "j"
+    async with make_client(fake, s3=settings(seaweed), journal=journal_path) as client:
+        [first] = await client.wait_and_download([rid], f"s3://{BUCKET}/{prefix}")
+    assert first.ok, first.error
+    unreachable = attrs.evolve(
+        settings(seaweed), endpoint_url="http://127.0.0.1:9", max_attempts=1, connect_timeout=0.5
+    )
+    caplog.set_level(logging.WARNING)
+    async with make_client(fake, s3=unreachable, journal=journal_path) as client:
+        [again] = await client.wait_and_download([rid], tmp_path / "v")
+    assert again.ok, again.error
+    assert (tmp_path / "v" / f"{rid}_0.mp4").read_bytes() == fake.video_bytes(rid)
+    assert [r.getMessage() for r in caplog.records if "could not check" in r.getMessage()] == []

@@ -262,18 +262,19 @@ class JournalRecord(Recorder):
             return None
         files: list[StoredFile] = []
         stale: list[int] = []
-        for video in record.videos:
+        if record.dest != _dest_text(self.dest) or (
+            self.sha256 and any(video.sha256 is None for video in record.videos)
+        ):
+            # Asked into another folder or bucket (fetched there, never reported from one
+            # the caller did not name: not even looked at, a store may be out of reach), or
+            # for digests the journal lacks (the files are re-read).
+            stale = [video.index for video in record.videos]
+        for video in () if stale else record.videos:
             found = None if video.path is None else await self._still_there(video.path, video)
             if found is None:
                 stale.append(video.index)  # gone or changed since: fetch it again
                 continue
             files.append(found)
-        if record.dest != _dest_text(self.dest) or (
-            self.sha256 and any(video.sha256 is None for video in record.videos)
-        ):
-            # Asked into another folder (fetched there, never reported from one the caller
-            # did not name), or for digests the journal lacks (the files are re-read).
-            stale = [video.index for video in record.videos]
         if not stale:
             return Outcome(rid, _status_of(record), tuple(files), None)
         # Another process holding the id is at it already: it is waited for like any held id.
