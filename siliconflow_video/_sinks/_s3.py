@@ -272,7 +272,8 @@ class S3Store:
                 )
             if listed is None or listed.get("IsTruncated"):
                 continue  # completed or aborted meanwhile; or too many parts to judge
-            last = max([initiated, *(p["LastModified"] for p in listed.get("Parts", []))])
+            parts = listed.get("Parts", [])
+            last = max([initiated, *(p["LastModified"] for p in parts if "LastModified" in p)])
             if (now or datetime.now(UTC)) - last > timedelta(seconds=idle_for):
                 idle.append(upload_id)
         return idle
@@ -662,9 +663,11 @@ def _server_time(page: Mapping[str, object]) -> datetime | None:
     headers = meta.get("HTTPHeaders") if isinstance(meta, dict) else None
     date = headers.get("date") if isinstance(headers, dict) else None
     try:
-        return parsedate_to_datetime(date) if isinstance(date, str) else None
+        when = parsedate_to_datetime(date) if isinstance(date, str) else None
     except (TypeError, ValueError):
         return None
+    # HTTP dates are GMT; one written "-0000" parses naive, which cannot be compared.
+    return when.replace(tzinfo=UTC) if when is not None and when.tzinfo is None else when
 
 
 def _full_prefix(listed: list[UploadedPart], part_size: int) -> list[UploadedPart]:
