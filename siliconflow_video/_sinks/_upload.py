@@ -462,5 +462,9 @@ def _meta_id(request_id: str) -> str:
 def _resumable(error: BaseException, *, recorded: bool) -> bool:
     """Whether an upload ended by ``error`` is left open for a resume."""
     if not isinstance(error, Exception):
-        return True  # a cancellation, KeyboardInterrupt: as a crash would
+        # A recorded cancellation (an unrecorded one was aborted before this is asked), a
+        # KeyboardInterrupt or SystemExit outside a loop that can still run an abort: as a
+        # crash would. One nobody records is aborted by the next upload of its key once
+        # idle for ``abandoned_after``.
+        return True
     return recorded and isinstance(error, StorageError) and error.retryable
