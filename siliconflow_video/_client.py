@@ -279,9 +279,7 @@ class AsyncClient:
                     await self._download_session.close()
                 if self._owns_session and self._session is not None:
                     await self._session.close()
-                stores, self._stores = list(self._stores.values()), {}
-                for store in stores:
-                    await store.aclose()
+                await self._close_stores()
             finally:
                 await self._save_learned()
                 if self._owns_journal and self._journal is not None and self._journal_opened:
@@ -398,8 +396,22 @@ class AsyncClient:
             if store is None:
                 store = S3Store(S3Target(bucket), self.s3_settings)
                 await store.open()
+                if self._closed:  # aclose() ran while this one opened: it is not kept
+                    await store.aclose()
+                    raise SiliconFlowError("the AsyncClient is closed")
                 self._stores[bucket] = store
             return store
+
+    async def _close_stores(self) -> None:
+        """Close every store; one that fails to close does not keep the others open."""
+        stores, self._stores = list(self._stores.values()), {}
+        for store in stores:
+            try:
+                await store.aclose()
+            except Exception as exc:  # noqa: BLE001 - closing: say so, carry on
+                logger.warning(
+                    "could not close the store for s3://%s: %s", store.bucket, type(exc).__name__
+                )
 
     async def _object_size(self, obj: S3Object) -> int | None:
         store = await self._store(obj.bucket)

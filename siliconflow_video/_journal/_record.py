@@ -262,18 +262,19 @@ class JournalRecord(Recorder):
             return None
         files: list[StoredFile] = []
         stale: list[int] = []
-        for video in record.videos:
+        if record.dest != _dest_text(self.dest) or (
+            self.sha256 and any(video.sha256 is None for video in record.videos)
+        ):
+            # Asked into another folder or bucket (fetched there, never reported from one
+            # the caller did not name: not even looked at, a store may be out of reach), or
+            # for digests the journal lacks (the files are re-read).
+            stale = [video.index for video in record.videos]
+        for video in () if stale else record.videos:
             found = None if video.path is None else await self._still_there(video.path, video)
             if found is None:
                 stale.append(video.index)  # gone or changed since: fetch it again
                 continue
             files.append(found)
-        if record.dest != _dest_text(self.dest) or (
-            self.sha256 and any(video.sha256 is None for video in record.videos)
-        ):
-            # Asked into another folder (fetched there, never reported from one the caller
-            # did not name), or for digests the journal lacks (the files are re-read).
-            stale = [video.index for video in record.videos]
         if not stale:
             return Outcome(rid, _status_of(record), tuple(files), None)
         # Another process holding the id is at it already: it is waited for like any held id.
@@ -315,6 +316,9 @@ def encode_upload(state: UploadState) -> str:
         "last_modified": state.last_modified,
         "total": state.total,
         "parts": [[p.number, p.etag, p.size] for p in state.parts],
+        "bucket": state.bucket,
+        "key": state.key,
+        "validated": state.validated,
     }
     return json.dumps(data, separators=(",", ":"))
 
@@ -329,6 +333,10 @@ def decode_upload(text: str) -> UploadState:
         last_modified=data["last_modified"],
         total=None if data["total"] is None else int(data["total"]),
         parts=tuple(UploadedPart(int(n), str(e), int(z)) for n, e, z in data["parts"]),
+        # Absent from states recorded before the object was: taken to be this one.
+        bucket=None if data.get("bucket") is None else str(data["bucket"]),
+        key=None if data.get("key") is None else str(data["key"]),
+        validated=data.get("validated") is not False,
     )
 
 

@@ -25,6 +25,8 @@ import contextlib
 import inspect
 import io
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Self
 
@@ -242,6 +244,46 @@ class S3Store:
             async for page in pages:
                 ids += [u["UploadId"] for u in page.get("Uploads", []) if u.get("Key") == key]
         return ids
+
+    async def idle_uploads(self, key: str, idle_for: float) -> list[str]:
+        """The ids of the uploads open for exactly ``key`` whose last part (or, with none,
+        whose start) is more than ``idle_for`` seconds old by the store's clock (its
+        ``Date`` header: the local clock may be off). An upload with more parts than one
+        listing page is never counted idle (its newest part is not on the first page)."""
+        found: list[tuple[str, datetime]] = []
+        now: datetime | None = None
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=key, PaginationConfig={"PageSize": _PAGE}
+        )
+        with self.errors(key):
+            async for page in pages:
+                now = now or _server_time(page)
+                found += [
+                    (u["UploadId"], u["Initiated"])
+                    for u in page.get("Uploads", [])
+                    if u.get("Key") == key and "Initiated" in u
+                ]
+        idle: list[str] = []
+        for upload_id, initiated in found:
+            listed = None
+            with contextlib.suppress(NoSuchUploadError), self.errors(key):
+                listed = await self.client.list_parts(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, MaxParts=_PAGE
+                )
+            if listed is None or listed.get("IsTruncated"):
+                continue  # completed or aborted meanwhile; or too many parts to judge
+            parts = listed.get("Parts", [])
+            last = max([initiated, *(p["LastModified"] for p in parts if "LastModified" in p)])
+            if (now or datetime.now(UTC)) - last > timedelta(seconds=idle_for):
+                idle.append(upload_id)
+        return idle
+
+    async def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort one open multipart upload of ``key`` (one already gone is no error)."""
+        with contextlib.suppress(NoSuchUploadError), self.errors(key):
+            await self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id
+            )
 
     def upload(
         self,
@@ -613,6 +655,19 @@ class MultipartUpload:
     def _require_id(self) -> str:
         assert self._upload_id is not None, "start() sets the upload id"
         return self._upload_id
+
+
+def _server_time(page: Mapping[str, object]) -> datetime | None:
+    """The ``Date`` the store answered with, if it sent a readable one."""
+    meta = page.get("ResponseMetadata")
+    headers = meta.get("HTTPHeaders") if isinstance(meta, dict) else None
+    date = headers.get("date") if isinstance(headers, dict) else None
+    try:
+        when = parsedate_to_datetime(date) if isinstance(date, str) else None
+    except (TypeError, ValueError):
+        return None
+    # HTTP dates are GMT; one written "-0000" parses naive, which cannot be compared.
+    return when.replace(tzinfo=UTC) if when is not None and when.tzinfo is None else when
 
 
 def _full_prefix(listed: list[UploadedPart], part_size: int) -> list[UploadedPart]:

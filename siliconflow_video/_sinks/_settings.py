@@ -96,6 +96,11 @@ def _style(_instance: object, _attribute: attrs.Attribute[str], value: str) -> N
         raise ConfigurationError(f"addressing_style must be auto, path or virtual: {value!r}")
 
 
+def _idle(_instance: object, _attribute: object, value: float | None) -> None:
+    if value is not None and not value >= 0:
+        raise ConfigurationError(f"abandoned_after must be None or >= 0 seconds, not {value!r}")
+
+
 def _part_size(_instance: object, _attribute: attrs.Attribute[int], value: int) -> None:
     check_part_size(value)
 
@@ -112,6 +117,12 @@ class S3Settings:
     jitter. Callers do not retry S3 calls themselves; a :class:`StorageError` with
     ``retryable`` set means botocore gave up, and the transfer as a whole may be tried again
     later (the multipart upload and its parts stay).
+
+    ``abandoned_after``: before a video's new multipart upload is created, the open uploads
+    of that same key whose last part (or start) is older than this many seconds, by the
+    store's clock, are aborted: what a killed process left and nobody can resume. None
+    never does. A live upload sends a part every ``part_size`` bytes, so the default hour
+    is far longer than any live one stays silent.
     """
 
     endpoint_url: str | None = attrs.field(default=None, validator=_endpoint)
@@ -126,6 +137,7 @@ class S3Settings:
     connect_timeout: float = attrs.field(default=10.0, validator=_positive)
     read_timeout: float = attrs.field(default=60.0, validator=_positive)
     max_pool_connections: int = attrs.field(default=10, validator=_at_least_one)
+    abandoned_after: float | None = attrs.field(default=3600.0, validator=_idle)
 
     def __attrs_post_init__(self) -> None:
         if (self.access_key_id is None) != (self.secret_access_key is None):

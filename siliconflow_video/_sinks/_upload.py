@@ -18,15 +18,32 @@ What happens to the multipart upload:
 - The object becomes visible only whole (``complete_multipart_upload``), carrying the request
   id and index in its metadata: a rerun finds it and uploads nothing (``reused``).
 - A transfer that gives up (tries used up, a refusal, an expired URL with no fresh one, a
-  store error retrying cannot fix) aborts its upload. A cancellation (and a crash) leaves it
-  open for a resume; so does a store outage (a retryable :class:`StorageError`) when
-  ``on_state`` was given, since then someone knows the upload's id.
+  store error retrying cannot fix) aborts its upload.
+
+Never is an upload left open that nobody can resume:
+
+- With ``on_state`` (a journal records the upload), a cancellation and a store outage (a
+  retryable :class:`StorageError`) leave the upload open for the resume, as a crash does.
+- Without it, nobody knows the upload's id: a cancellation aborts it, shielded from the
+  cancellation and bounded to :data:`ABORT_WAIT` seconds (a failure to abort is logged).
+- A recorded upload of another key (the destination or the naming changed since) is
+  aborted, not continued into this key.
+- A process killed outright (SIGKILL, power loss) cannot clean up. So before a new upload
+  is created for a key, the open uploads of exactly that key idle for more than
+  ``S3Settings.abandoned_after`` (an hour; by the store's clock, from the last part) are
+  aborted: no live upload is that silent (it sends a part every ``part_size`` bytes), and
+  one a journal still records only costs that resume a fresh start (it finds the upload
+  gone, or this object whole). Without the ``ListBucketMultipartUploads`` permission this
+  step is skipped (logged). A bucket lifecycle rule ``AbortIncompleteMultipartUpload``
+  (after a day or two) remains the backstop for everything else.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from urllib.parse import quote
 
 import aiohttp
 import attrs
@@ -41,6 +58,9 @@ from ._settings import part_size_for
 
 __all__ = ["ObjectSink", "StateCallback", "StoredVideo", "UploadState", "upload_video"]
 
+#: The longest a cancelled upload with nobody to resume it waits for its abort.
+ABORT_WAIT = 10.0
+
 #: User metadata that says whose video an object is (``x-amz-meta-...``).
 REQUEST_ID_KEY = "siliconflow-request-id"
 INDEX_KEY = "siliconflow-index"
@@ -54,6 +74,10 @@ class UploadState:
     and ``total`` are the validator of the video host's answer its parts came from (sent as
     ``If-Range`` and compared with the resumed answer). ``parts`` are those the store has
     confirmed, in order: informative, since a resume asks the store itself (``list_parts``).
+    ``bucket`` and ``key`` say which object the upload is for (None in a state recorded
+    before they were: then it is taken to be this one). ``validated`` is False when the
+    parts came from an answer with no validator to resume against (an encoded body, whose
+    bytes cannot be continued by a ``Range`` request): such an upload starts over.
     """
 
     upload_id: str
@@ -62,6 +86,9 @@ class UploadState:
     last_modified: str | None = None
     total: int | None = None
     parts: tuple[UploadedPart, ...] = ()
+    bucket: str | None = None
+    key: str | None = None
+    validated: bool = True
 
     @property
     def validator(self) -> Validator:
@@ -131,8 +158,17 @@ async def upload_video(
     """
     source = ObjectSource(url, store.bucket, key, request_id, index)
     try:
-        found = await _reuse(store, source)
+        try:
+            found = await _reuse(store, source)
+        except ForeignFileError:
+            if resume is not None:  # its record is dropped with this failure: not left open
+                await _abort_recorded(store, resume, source)
+            raise
         if found is not None:
+            if resume is not None:
+                # The object is whole (an earlier run completed it, or another process):
+                # the recorded upload is then gone, or stray; its record is dropped.
+                await _abort_recorded(store, resume, source)
             if on_progress is not None:
                 on_progress(found.size, found.size)
             return found
@@ -145,6 +181,30 @@ async def upload_video(
         raise
 
 
+async def _abort_recorded(store: S3Store, state: UploadState, source: ObjectSource) -> None:
+    """Abort the upload ``state`` records (one already gone is no error: the usual case
+    after a complete); failing that, or for another bucket, log that it stays open."""
+    key = source.key if state.key is None else state.key
+    where = f"s3://{state.bucket or source.bucket}/{key}"
+    if state.bucket not in (None, store.bucket):
+        logger.warning(
+            "the recorded multipart upload %s of %s is not continued into %s; it stays "
+            "open until a lifecycle rule removes it",
+            state.upload_id,
+            where,
+            source.where,
+        )
+        return
+    try:
+        await store.abort_upload(key, state.upload_id)
+    except StorageError as exc:
+        logger.warning(
+            "could not abort the multipart upload %s of %s (%s)", state.upload_id, where, exc
+        )
+    else:
+        logger.debug("aborted the recorded multipart upload %s of %s", state.upload_id, where)
+
+
 async def _reuse(store: S3Store, source: ObjectSource) -> StoredVideo | None:
     """The object at the key when it is this video, complete (multipart objects only
     appear whole); None when there is none. Anything else there is an error."""
@@ -152,7 +212,8 @@ async def _reuse(store: S3Store, source: ObjectSource) -> StoredVideo | None:
     if info is None:
         return None
     meta = info.metadata
-    if meta.get(REQUEST_ID_KEY) == source.request_id and meta.get(INDEX_KEY) == str(source.index):
+    whose = (meta.get(REQUEST_ID_KEY), meta.get(INDEX_KEY))
+    if whose == (_meta_id(source.request_id), str(source.index)):
         return StoredVideo(source.bucket, source.key, info.size, info.etag, True, source.index)
     raise source.error(
         f"{source.where} already exists and was not uploaded by siliconflow-video as "
@@ -198,11 +259,20 @@ class ObjectSink:
         state = self.resume_from
         if state is None:
             return
+        if (state.bucket, state.key) not in ((None, None), (self.source.bucket, self.source.key)):
+            # Recorded for another object (the destination or naming changed): never
+            # continued into this one, and not left open either.
+            await _abort_recorded(self.store, state, self.source)
+            return
         upload = self._new(state.part_size, upload_id=state.upload_id)
         offset = await upload.start()
         self.upload = upload
         known = state.total
         if upload.upload_id == state.upload_id and offset:
+            if not state.validated:
+                logger.debug("%s came from an encoded answer; starting over", self.source.where)
+                await self.start_over()
+                return
             if known is not None and offset > known:
                 logger.debug("%s holds more than the video; starting over", self.source.where)
                 await self.start_over()
@@ -256,6 +326,9 @@ class ObjectSink:
         upload = self.upload
         if upload is None:
             return
+        if isinstance(error, asyncio.CancelledError) and self.on_state is None:
+            await self._abort_cancelled(upload)
+            return
         if _resumable(error, recorded=self.on_state is not None):
             await upload.detach()
             logger.debug(
@@ -285,11 +358,52 @@ class ObjectSink:
             "and a later call starts over"
         )
 
+    async def _abort_cancelled(self, upload: MultipartUpload) -> None:
+        """Abort an upload whose transfer was cancelled with nobody to resume it: in a
+        task of its own (a second cancellation does not stop it), waited for at most
+        ``ABORT_WAIT`` seconds, its failure only logged (the cancellation goes on)."""
+        where = self.source.where
+
+        def seen(task: asyncio.Task[None]) -> None:
+            if task.cancelled():
+                logger.warning("gave up aborting the multipart upload of %s; it stays open", where)
+            elif (exc := task.exception()) is not None:
+                logger.warning(
+                    "could not abort the multipart upload of %s (%s); it stays open until a "
+                    "lifecycle rule or a later upload of the key removes it",
+                    where,
+                    exc,
+                )
+
+        task = asyncio.get_running_loop().create_task(upload.abort())
+        task.add_done_callback(seen)
+        done, _ = await asyncio.wait({task}, timeout=ABORT_WAIT)
+        if not done:
+            task.cancel()
+        else:
+            logger.debug("cancelled: aborted the multipart upload of %s", where)
+
+    async def _abort_abandoned(self) -> None:
+        """Before a new upload of the key: abort those of the key a killed process left
+        (idle for ``abandoned_after``); looking is best effort and never fails the video."""
+        idle_for = self.store.settings.abandoned_after
+        if idle_for is None:
+            return
+        key = self.source.key
+        try:
+            for upload_id in await self.store.idle_uploads(key, idle_for):
+                await self.store.abort_upload(key, upload_id)
+                logger.info(
+                    "aborted the abandoned multipart upload %s of %s", upload_id, self.source.where
+                )
+        except StorageError as exc:
+            logger.debug("could not look for abandoned uploads of %s: %s", self.source.where, exc)
+
     # -- the upload
 
     def _new(self, part_size: int, *, upload_id: str | None = None) -> MultipartUpload:
         metadata: Mapping[str, str] = {
-            REQUEST_ID_KEY: self.source.request_id,
+            REQUEST_ID_KEY: _meta_id(self.source.request_id),
             INDEX_KEY: str(self.source.index),
         }
         return self.store.upload(
@@ -304,6 +418,7 @@ class ObjectSink:
         """The upload, created now if there is none yet (sized for ``total``)."""
         if self.upload is None:
             upload = self._new(part_size_for(total, self.store.settings.part_size))
+            await self._abort_abandoned()
             await upload.start()
             self.upload = upload
             await self._publish()
@@ -322,15 +437,34 @@ class ObjectSink:
             return
         v = self._validator or Validator(None, None, None)
         state = UploadState(
-            upload.upload_id, upload.part_size, v.etag, v.last_modified, v.total, upload.parts
+            upload.upload_id,
+            upload.part_size,
+            v.etag,
+            v.last_modified,
+            v.total,
+            upload.parts,
+            self.source.bucket,
+            self.source.key,
+            validated=self._validator is not None,
         )
         result = self.on_state(state)
         if inspect.isawaitable(result):
             await result
 
 
+def _meta_id(request_id: str) -> str:
+    """The request id as object metadata carries it: S3 takes only ASCII there and trims
+    spaces, so anything but letters, digits and ``_.-~`` is percent-encoded (a hex or
+    uuid id, as SiliconFlow's are, is itself)."""
+    return quote(request_id, safe="")
+
+
 def _resumable(error: BaseException, *, recorded: bool) -> bool:
     """Whether an upload ended by ``error`` is left open for a resume."""
     if not isinstance(error, Exception):
-        return True  # a cancellation, KeyboardInterrupt: as a crash would
+        # A recorded cancellation (an unrecorded one was aborted before this is asked), a
+        # KeyboardInterrupt or SystemExit outside a loop that can still run an abort: as a
+        # crash would. One nobody records is aborted by the next upload of its key once
+        # idle for ``abandoned_after``.
+        return True
     return recorded and isinstance(error, StorageError) and error.retryable
