@@ -815,6 +815,8 @@ class _BatchPort:
                     on_progress=on_progress,
                     resume=resume,
                     on_state=on_state,
+                    proxies=client._video_proxies,
+                    throttle=client._disk_writes.throttle,
                 )
             return await download_video(
                 client._videos(),

@@ -49,8 +49,9 @@ import aiohttp
 import attrs
 
 from .._config import DownloadPolicy
-from .._download import Fetch, Progress, Validator
+from .._download import Fetch, Progress, Throttle, Validator
 from .._exceptions import DownloadError, ForeignFileError, StorageError
+from .._http import Proxies, no_proxies
 from .._logging import logger, redact_url, scrub_urls
 from .._models import StoredVideo
 from ._s3 import MultipartUpload, S3Store, UploadedPart
@@ -142,12 +143,16 @@ async def upload_video(
     on_progress: Progress | None = None,
     resume: UploadState | None = None,
     on_state: StateCallback | None = None,
+    proxies: Proxies = no_proxies,
+    throttle: Throttle | None = None,
 ) -> StoredVideo:
     """Stream the video at ``url`` into the object ``key`` of ``store`` (an open
     :class:`S3Store`) and return it with its size.
 
-    ``session``, ``refresh_url``, ``policy``, ``request_id``, ``index`` and ``on_progress``
-    are as for ``download_video`` (``policy.sha256`` does not apply: nothing is hashed).
+    ``session``, ``refresh_url``, ``policy``, ``request_id``, ``index``, ``on_progress``
+    and ``proxies`` are as for ``download_video`` (``policy.sha256`` does not apply:
+    nothing is hashed); ``throttle`` is the client's one cap on all its transfers
+    (``policy.max_bytes_per_second``; a throttle of this upload's own when None).
     ``resume`` is the last state ``on_state`` was given by an earlier call that did not
     finish; ``on_state`` is called with the upload's id, part size and source validator as
     soon as they are known, and after each part.
@@ -172,7 +177,7 @@ async def upload_video(
             if on_progress is not None:
                 on_progress(found.size, found.size)
             return found
-        fetch = Fetch(session, source, refresh_url, policy, on_progress)
+        fetch = Fetch(session, source, refresh_url, policy, on_progress, proxies, throttle)
         sink = ObjectSink(store, source, fetch, resume=resume, on_state=on_state)
         return await fetch.run(sink)
     except StorageError as exc:
