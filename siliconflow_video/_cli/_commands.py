@@ -228,7 +228,13 @@ class Cli:
         failed = len(rows) - len(ok) - len(skipped) - timed_out
         fetched = sum(f.size for r in rows for f in r.files if not f.reused)
         seconds = time.monotonic() - self.started
-        kept = f"{len(skipped)} skipped (file already there), " if skipped else ""
+        # A kept file is not the video: the journal keeps such an id failed (resume tries
+        # it again, and downloads it once the file is moved away). Say so, not "done".
+        kept = (
+            f"{len(skipped)} skipped (file already there; left unfinished for resume), "
+            if skipped
+            else ""
+        )
         late = f"{timed_out} timed out, " if timed_out else ""
         self.err(
             f"summary: {len(ok)} succeeded ({len(reused)} already complete), {kept}"
