@@ -56,3 +56,35 @@ def test_every_kept_file_is_listed_when_all_are_kept(
     assert row["error"] is None
     assert row["skipped"] == [str(p) for p in mine]
     assert "1 skipped" in proc.stderr
+
+
+def test_a_skipped_id_stays_unfinished_in_the_journal_until_its_video_is_there(
+    server: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """Video 1 downloaded, video 0 kept for my file: the summary says skipped and left for
+    resume, the journal lists the id failed; resume --no-clobber skips it again (exit 0, no
+    journal error), and once my file is moved away resume downloads video 0."""
+    rid = server.add_job(videos=[5000, 6000])
+    mine = tmp_path / f"{rid}_0.mp4"
+    mine.write_bytes(b"my own notes")
+    env = env_for(server)
+    proc = cli("download", rid, "-o", str(tmp_path), "--no-clobber", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    [row] = json_lines(proc.stdout)
+    assert row["skipped"] == [str(mine)]
+    assert [f["index"] for f in row["files"]] == [1]
+    assert "1 skipped (file already there; left unfinished for resume)" in proc.stderr
+    jobs = cli("jobs", "-o", str(tmp_path), env=env)
+    assert f"{rid}  failed" in jobs.stdout
+    again = cli("resume", "-o", str(tmp_path), "--no-clobber", "--json", env=env)
+    assert again.returncode == 0, again.stderr
+    assert_clean(again)
+    [row] = json_lines(again.stdout)
+    assert row["error"] is None
+    assert row["skipped"] == [str(mine)]
+    assert row["files"][0]["reused"] is True
+    mine.rename(tmp_path / "my-notes.txt")
+    done = cli("resume", "-o", str(tmp_path), "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / f"{rid}_0.mp4").read_bytes() == server.video_bytes(rid, 0)
+    assert f"{rid}  done" in cli("jobs", "-o", str(tmp_path), env=env).stdout
