@@ -311,11 +311,7 @@ class AsyncClient:
         return self._journal_vouches or (transport is not None and transport.ever_answered)
 
     async def _load_answered(self, journal: Journal) -> None:
-        try:
-            kept = await journal.load_value(_ANSWERED)
-        except SiliconFlowError as exc:  # then only an answer to this client vouches
-            logger.warning("journal: could not read the base URL it answered from: %s", exc)
-            return
+        kept = await answered_base_url(journal)
         self._journal_vouches = self._answer_kept = kept == self.base_url
 
     async def _keep_answered(self) -> None:
@@ -931,6 +927,16 @@ def destination(dest: str | os.PathLike[str]) -> Destination:
 def _dest_text(dest: Destination) -> str:
     """A destination as the journal records it."""
     return str(dest) if isinstance(dest, S3Target) else normalize_dest(dest)
+
+
+async def answered_base_url(journal: Journal) -> str | None:
+    """The base URL a client on ``journal`` last read a status through (None: never, or
+    unreadable): an API known to exist there, so a connection refused is an outage."""
+    try:
+        return await journal.load_value(_ANSWERED)
+    except SiliconFlowError as exc:  # then only an answer to the client itself vouches
+        logger.warning("journal: could not read the base URL that answered: %s", exc)
+        return None
 
 
 def resume_plan(jobs: Iterable[JobRecord]) -> dict[str, list[str]]:
