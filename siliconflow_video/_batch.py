@@ -270,8 +270,8 @@ class _Batch:
         for err in errors:
             if not isinstance(err, Exception):
                 raise err  # CancelledError, KeyboardInterrupt: not ours to keep
-        error = _as_error(errors[0], rid) if errors else None
-        self.finish(Outcome(rid, status, files, error))
+        each = tuple(_as_error(err, rid) for err in errors)
+        self.finish(Outcome(rid, status, files, each[0] if each else None, each))
 
     async def ended(self, result: WaitResult) -> None:
         error = result.error or SiliconFlowError("no status", request_id=result.request_id)

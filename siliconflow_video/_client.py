@@ -230,7 +230,7 @@ class AsyncClient:
         self._transport: APITransport | None = None
         self._poller = Poller(
             self._status_once,
-            reachable=lambda: self._transport is not None and self._transport.ever_answered,
+            reachable=self._reached,
             base_url=self.base_url,
             policy=self.poll_policy,
             retry=retry,
@@ -245,6 +245,9 @@ class AsyncClient:
         self._journal_opened = not self._owns_journal
         self._journal_lock = asyncio.Lock()
         self._learned_loaded = False
+        #: The journal says a status was read through this base URL before (see _reached).
+        self._journal_vouches = False
+        self._answer_kept = False  # this base URL is in the journal already (or was saved)
         self.s3_settings = S3Settings() if s3 is None else s3
         # One store (an aiobotocore client) per bucket, opened on its first video.
         self._stores: dict[str, S3Store] = {}
@@ -297,7 +300,32 @@ class AsyncClient:
             if not self._learned_loaded:
                 self._learned_loaded = True
                 await self._load_learned(self._journal)
+                await self._load_answered(self._journal)
         return self._journal
+
+    def _reached(self) -> bool:
+        """Whether the API at this base URL is known to exist: it answered this client, or
+        the journal saw a status read through it. Either way a connection refused is an
+        outage to wait out, not a wrong base URL (a restarted service resuming mid-outage)."""
+        transport = self._transport
+        return self._journal_vouches or (transport is not None and transport.ever_answered)
+
+    async def _load_answered(self, journal: Journal) -> None:
+        kept = await answered_base_url(journal)
+        self._journal_vouches = self._answer_kept = kept == self.base_url
+
+    async def _keep_answered(self) -> None:
+        """Record in the journal that a status was read through this base URL, once."""
+        journal = self._journal
+        if self._answer_kept or journal is None or not self._journal_opened:
+            return
+        self._answer_kept = True
+        if journal.read_only:
+            return
+        try:
+            await journal.save_value(_ANSWERED, self.base_url)
+        except SiliconFlowError as exc:  # worth a warning, never a poll's failure
+            logger.warning("journal: could not keep the base URL that answered: %s", exc)
 
     async def _load_learned(self, journal: Journal) -> None:
         """Take up what an earlier process learned of run times (kept in its journal)."""
@@ -421,7 +449,9 @@ class AsyncClient:
         body = await self._api().post(
             "/video/status", {"requestId": request_id}, request_id=request_id
         )
-        return parse_status(body, request_id)
+        status = parse_status(body, request_id)
+        await self._keep_answered()  # a real status: this base URL is SiliconFlow's
+        return status
 
     # -- status --------------------------------------------------------------------------
 
@@ -848,6 +878,9 @@ def _result(request_id: str, future: asyncio.Future[VideoStatus]) -> WaitResult:
 
 #: The journal value that keeps the poller's learned run times.
 _LEARNED = "poll.learned"
+#: The journal value that keeps the base URL a status was last read through: a client
+#: with that base URL rides out an outage before its own first answer.
+_ANSWERED = "api.answered_base_url"
 
 
 async def _record_submitted(journal: Journal, job_key: str, request_id: str) -> None:
@@ -896,6 +929,16 @@ def destination(dest: str | os.PathLike[str]) -> Destination:
 def _dest_text(dest: Destination) -> str:
     """A destination as the journal records it."""
     return str(dest) if isinstance(dest, S3Target) else normalize_dest(dest)
+
+
+async def answered_base_url(journal: Journal) -> str | None:
+    """The base URL a client on ``journal`` last read a status through (None: never, or
+    unreadable): an API known to exist there, so a connection refused is an outage."""
+    try:
+        return await journal.load_value(_ANSWERED)
+    except SiliconFlowError as exc:  # then only an answer to the client itself vouches
+        logger.warning("journal: could not read the base URL that answered: %s", exc)
+        return None
 
 
 def resume_plan(jobs: Iterable[JobRecord]) -> dict[str, list[str]]:

@@ -381,12 +381,15 @@ class Outcome:
     ``files`` holds the complete videos, in the API's order: a :class:`VideoFile` (path,
     size, sha256) for a folder destination, a :class:`StoredVideo` (bucket, key, size,
     etag) for an ``s3://`` one; both have ``location``, ``size``, ``reused`` and ``index``.
+    ``error`` is the first failed video's error (or the id's own); ``errors`` holds every
+    failed video's, in the API's order (empty when the id failed before its videos).
     """
 
     request_id: str
     status: VideoStatus | None
     files: tuple[VideoFile | StoredVideo, ...] = ()
     error: SiliconFlowError | None = None
+    errors: tuple[SiliconFlowError, ...] = ()
 
     @property
     def ok(self) -> bool:

@@ -73,9 +73,8 @@ def test_no_clobber_keeps_the_file_and_reports_the_id_skipped(
     assert rows[rid]["error"] is None
     assert "skipped" not in rows[other]
     assert rows[other]["files"][0]["reused"] is False
-    assert "1 succeeded (0 already complete), 1 skipped (file already there), 0 failed" in (
-        proc.stderr
-    )
+    summary = "1 succeeded (0 already complete), 1 skipped (file already there; left "
+    assert summary + "unfinished for resume), 0 failed" in proc.stderr
     text = cli(*args, env=env_for(server))
     assert f"skipped: {mine} already exists (kept as it is)" in text.stdout
     assert f"{rid}: skipped: {mine} already exists" in text.stderr  # plain progress

@@ -31,7 +31,7 @@ from typing import Any, TextIO
 
 import attrs
 
-from .._client import AsyncClient, destination, resume_plan
+from .._client import AsyncClient, answered_base_url, destination, resume_plan
 from .._config import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -228,7 +228,13 @@ class Cli:
         failed = len(rows) - len(ok) - len(skipped) - timed_out
         fetched = sum(f.size for r in rows for f in r.files if not f.reused)
         seconds = time.monotonic() - self.started
-        kept = f"{len(skipped)} skipped (file already there), " if skipped else ""
+        # A kept file is not the video: the journal keeps such an id failed (resume tries
+        # it again, and downloads it once the file is moved away). Say so, not "done".
+        kept = (
+            f"{len(skipped)} skipped (file already there; left unfinished for resume), "
+            if skipped
+            else ""
+        )
         late = f"{timed_out} timed out, " if timed_out else ""
         self.err(
             f"summary: {len(ok)} succeeded ({len(reused)} already complete), {kept}"
@@ -255,6 +261,16 @@ class Cli:
         the command at once instead of being waited out (waits retry those forever)."""
         try:
             await client.get_status(request_ids[0])
+        except APIConnectionError as exc:
+            if exc.maybe_processed or not await self.journal_vouches(client):
+                raise
+            # Not a wrong base URL: this journal's jobs were polled through it. An outage
+            # (a service restarted during one): the waits ride it out, as after an answer.
+            log.warning(
+                "warning: cannot reach %s now, though it answered before (the journal says "
+                "so): waiting for it to come back",
+                client.base_url,
+            )
         except _GLOBAL_ERRORS:
             raise
         except MalformedResponseError as exc:
@@ -262,6 +278,12 @@ class Cli:
                 raise NotSiliconFlowError.from_answer(exc, client.base_url) from None
         except SiliconFlowError:
             pass  # about this id only: the command reports it in its row
+
+    @staticmethod
+    async def journal_vouches(client: AsyncClient) -> bool:
+        """The client's journal says a status was read through its base URL before."""
+        journal = await client.journal()
+        return journal is not None and await answered_base_url(journal) == client.base_url
 
     def failed_everywhere(self, request_ids: Sequence[str], exc: BaseException) -> int:
         """A failure that ends every id: in JSON each id still gets its line."""

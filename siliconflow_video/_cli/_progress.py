@@ -314,7 +314,9 @@ class Display:
         if files is not None:
             job.files = tuple(files)
         if self.keep_foreign and isinstance(error, ForeignFileError) and error.path:
-            skipped, error = (error.path,), None
+            # The batch's "done" event carries only the first failed video's error: the
+            # row's own call (every failed video weighed, see kept_files) decides.
+            return
         if skipped and not job.done:
             job.skipped = tuple(skipped)
         if job.done:

@@ -8,7 +8,7 @@ from typing import Any, TextIO
 
 import attrs
 
-from .._exceptions import ForeignFileError, JobFailedError
+from .._exceptions import ForeignFileError, JobFailedError, SiliconFlowError
 from .._models import Outcome, Status, StoredFile, VideoStatus
 from ._explain import explain
 
@@ -18,6 +18,7 @@ __all__ = [
     "human_duration",
     "human_size",
     "human_speed",
+    "kept_files",
     "printable",
     "shorten",
     "write_text",
@@ -91,6 +92,18 @@ def write_text(stream: TextIO, text: str) -> None:
     stream.flush()
 
 
+def kept_files(outcome: Outcome) -> tuple[tuple[str, ...], SiliconFlowError | None]:
+    """``--no-clobber``'s reading of an outcome: the files kept in place of its videos and
+    no error when every failed video failed for a file already there; else none kept and
+    the first other error (a missing video is a failure, whatever its siblings did)."""
+    errors = outcome.errors or ((outcome.error,) if outcome.error is not None else ())
+    kept = tuple(e.path for e in errors if isinstance(e, ForeignFileError) and e.path)
+    others = [e for e in errors if not (isinstance(e, ForeignFileError) and e.path)]
+    if others:
+        return (), others[0]
+    return kept, None
+
+
 @attrs.frozen
 class Row:
     """What the CLI prints for one id."""
@@ -108,13 +121,14 @@ class Row:
 
     @classmethod
     def from_outcome(cls, outcome: Outcome, *, no_clobber: bool = False) -> Row:
-        """The row of one id; with ``no_clobber``, a file already at a video's name that
-        was not downloaded as that video makes the id skipped, not failed."""
+        """The row of one id; with ``no_clobber``, files already at its videos' names that
+        were not downloaded as those videos make the id skipped, not failed, but only when
+        that is every failed video's trouble: any other failure fails the id."""
         status = outcome.status
         error = outcome.error
         skipped: tuple[str, ...] = ()
-        if no_clobber and isinstance(error, ForeignFileError) and error.path is not None:
-            skipped, error = (error.path,), None
+        if no_clobber:
+            skipped, error = kept_files(outcome)
         return cls(
             request_id=outcome.request_id,
             status=status.status.value if status else None,

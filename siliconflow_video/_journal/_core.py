@@ -463,9 +463,15 @@ class SQLJournal(Journal):
 
         def run(tx: Tx) -> Step[JobRecord]:
             row = yield from job_row(tx, job_key)
-            expect(row, {"downloading", "done"}, "record a video done")
-            yield from video_row(tx, job_key, index)
+            video = yield from video_row(tx, job_key, index)
+            # The same video recorded again (a resume reusing it, maybe after a sibling
+            # failed the job again first) changes nothing, whatever the job's state.
+            recorded = (video["state"], video["path"], video["size"]) == ("done", location, size)
+            if not recorded:
+                expect(row, {"downloading", "done"}, "record a video done")
             yield from check_lease(tx, job_key, index)
+            if recorded:
+                return (yield from one_job(tx, job_key))
             yield tx.run(
                 "UPDATE videos SET state = 'done', path = ?, size = ?, bytes_done = ?, "
                 "sha256 = COALESCE(?, sha256), error_type = NULL, error_message = NULL, "
