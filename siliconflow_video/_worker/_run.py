@@ -32,10 +32,11 @@ from typing import Any
 import attrs
 
 from .._client import AsyncClient
-from .._config import PollPolicy
+from .._config import PollPolicy, resolve_api_key, resolve_base_url
 from .._exceptions import (
     AuthenticationError,
     ConfigurationError,
+    JournalConnectionError,
     JournalError,
     NotFoundError,
     PaymentRequiredError,
@@ -44,6 +45,7 @@ from .._exceptions import (
 )
 from .._journal import JobState, Journal, open_journal
 from .._models import EventKind, ProgressEvent, Status
+from ._budget import SharedBudget, account_key
 from ._metrics import Metrics
 from ._queue import (
     POLL,
@@ -157,8 +159,13 @@ class Worker:
         journal = open_journal(self._url, lease_seconds=settings.lease_seconds)
         await self._reaching("open the journal", journal.open)
         self._journal = journal
+        budget: SharedBudget | None = None
         try:
             options = {"max_concurrent_downloads": settings.concurrency, **self._client_options}
+            if settings.rate_budget == "shared" and "pacing" not in options:
+                budget = SharedBudget(self._target, self._account(options))
+                await budget.open()
+                options["pacing"] = budget
             async with AsyncClient(journal=journal, **options) as client:
                 self._client = client
                 if self.metrics_port is not None:
@@ -174,19 +181,32 @@ class Worker:
                     self._metrics.count_calls(client.rate_stats)
                     self._metrics.close()
         finally:
-            await journal.aclose()
+            try:
+                if budget is not None:
+                    await budget.aclose()
+            finally:
+                await journal.aclose()
         return 1 if self.failed else 0
+
+    @staticmethod
+    def _account(options: Mapping[str, Any]) -> str:
+        """The rate budget's row: the account the client will use (its key and base URL,
+        resolved as the client does), hashed."""
+        return account_key(
+            resolve_api_key(options.get("api_key")), resolve_base_url(options.get("base_url"))
+        )
 
     async def _reaching(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
         """``step``, tried again for ``start_timeout`` seconds while PostgreSQL cannot be
-        reached (a server restarting as the worker starts)."""
+        reached (a server restarting as the worker starts). Any other journal error (a
+        password refused, a missing database) is no outage: it is raised at once."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.start_timeout
         while True:
             try:
                 await step()
                 return
-            except JournalError as exc:
+            except JournalConnectionError as exc:
                 if loop.time() >= deadline:
                     raise
                 logger.warning("worker: cannot %s yet, trying again: %s", what, exc)
