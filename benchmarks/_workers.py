@@ -12,9 +12,9 @@ no fleet sees a job before it finishes, nor makes more than ``limit`` calls a se
 Each fleet runs twice: ``local``, every worker adapts on its own (each client's rate
 governor slows down on its own 429s), and ``shared``, the workers of the account keep one
 rate in PostgreSQL (``--rate-budget shared``, the default). Polls follow the blind
-schedule (a fleet has no one process following a job from its first answer, which learned polling needs), so a job
-costs one call per poll until it finishes, and the one that sees ``Succeed`` goes on
-into the transfer with no further call.
+schedule (a fleet has no one process following a job from its first answer, which learned
+polling needs), so a job costs one call per poll until it finishes, and the one that sees
+``Succeed`` goes on into the transfer with no further call.
 """
 
 from __future__ import annotations
