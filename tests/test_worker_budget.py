@@ -122,9 +122,7 @@ async def test_clients_on_one_budget_keep_the_fleet_under_the_limit(pg_url: str)
         ids = [fake.add_job(run_seconds=4.0, videos=[1_000]) for _ in range(12)]
         try:
             clients = [
-                AsyncClient(
-                    api_key=fake.api_key, base_url=fake.base_url, poll=FAST_POLLS, pacing=b
-                )
+                AsyncClient(api_key=fake.api_key, base_url=fake.base_url, poll=FAST_POLLS, pacing=b)
                 for b in budgets
             ]
             async with clients[0], clients[1], clients[2]:
