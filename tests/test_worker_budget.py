@@ -5,6 +5,8 @@ limit, the key kept out of it, and a PostgreSQL outage paced locally then recove
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -24,6 +26,7 @@ from siliconflow_video.worker import Worker, WorkerSettings
 
 from . import _postgres
 from ._postgres import PASSWORD, Cluster, free_port
+from .conftest import child_env
 
 postgres, pg_database, pg_url = _postgres.postgres, _postgres.pg_database, _postgres.pg_url
 
@@ -209,14 +212,36 @@ async def test_a_worker_on_the_shared_budget_drains_the_journal(
         )
         assert await worker.run() == 0
     assert {job.state for job in read_jobs(pg_url)} == {JobState.DONE}
+    shared = worker.metrics.registry.get_sample_value("siliconflow_video_rate_budget_shared")
+    assert shared == 1.0
     assert len(await rows(pg_url)) >= 1
 
 
 def test_an_unknown_rate_budget_is_refused() -> None:
+    """In Python a ConfigurationError; in the CLI a usage error (exit 2), no traceback."""
     from siliconflow_video._exceptions import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="rate_budget"):
         WorkerSettings(rate_budget="fleet")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "siliconflow_video",
+            "worker",
+            "--journal",
+            "postgresql://x/y",
+            "--rate-budget",
+            "fleet",
+        ],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "--rate-budget" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 # -- the review's small fixes --------------------------------------------------------------

@@ -272,6 +272,11 @@ class SharedBudget:
                 self._away(exc)
                 await self._drop()
                 return None
+            except BaseException:
+                # Cancelled mid-transaction: the connection's state is unknown, so it is
+                # not used again (the next turn connects anew).
+                await self._drop()
+                raise
 
     async def _take(self, accepted: int, limited: int, retry_after: float | None) -> float:
         columns = ", ".join(_COLUMNS)

@@ -128,6 +128,7 @@ class Worker:
         self._client: AsyncClient | None = None
         self._journal: Journal | None = None
         self._app: Any = None
+        self._budget: SharedBudget | None = None
         self._metrics = Metrics()
         self._scanned = -_SCAN_EVERY
 
@@ -166,6 +167,7 @@ class Worker:
                 budget = SharedBudget(self._target, self._account(options))
                 await budget.open()
                 options["pacing"] = budget
+                self._budget = budget
             async with AsyncClient(journal=journal, **options) as client:
                 self._client = client
                 if self.metrics_port is not None:
@@ -315,6 +317,8 @@ class Worker:
                 )
             if self._client is not None:
                 self._metrics.count_calls(self._client.rate_stats)
+            if self._budget is not None:
+                self._metrics.rate_shared.set(1 if self._budget.shared else 0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.settings.check_every)
 
