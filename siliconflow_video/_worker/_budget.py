@@ -3,13 +3,17 @@
 Each worker's own :class:`RateGovernor` adapts to its own 429s only, so N workers each
 settle near the account's limit and the fleet overshoots it N-fold. Here the workers on one
 account (one API key and base URL) share one row of ``sfv_rate_budget``: the fleet's rate
-and the next free start slot. Before each status call a worker, in one short transaction,
-reports what its calls since its last turn were answered (accepted, 429, a Retry-After),
-lets the row's rate adapt to that as ``RateGovernor`` does for one process (down to a little
-under what the fleet got accepted in the last window on a 429, at most once a window;
-creeping back up while none comes; lifted once far above demand), takes the next slot, and
-sleeps until it. Times are PostgreSQL's clock (``clock_timestamp()``), so machines whose
-clocks disagree still space their calls right.
+and the next free start slot. A new row starts at ``start_rate`` and grows fast (a slow
+start, as TCP's): N workers at full concurrency would otherwise send N x concurrency calls
+before the first 429 reached any of them.
+
+Before each status call a worker, in one short transaction, reports how its calls since
+its last turn were answered (accepted, 429, a Retry-After), lets the row's rate adapt to
+that as ``RateGovernor`` does for one process (down to a little under what the fleet got
+accepted in the last window on a 429, at most once a window; creeping back up while none
+comes; lifted once far above demand), takes the next slot, and sleeps until it. Times are
+PostgreSQL's clock (``clock_timestamp()``), so machines whose clocks disagree still space
+their calls right.
 
 The row holds a hash of the API key and base URL, never the key. procrastinate has no rate
 limit of its own: this is not a queue, only a budget.
@@ -32,7 +36,7 @@ import attrs
 from .._journal._pgschema import Target
 from .._pacing import GovernorStats, RateGovernor
 
-__all__ = ["BudgetRow", "SharedBudget", "account_key", "advance"]
+__all__ = ["BudgetRow", "Params", "SharedBudget", "account_key", "advance"]
 
 logger = logging.getLogger("siliconflow_video.worker")
 
@@ -84,6 +88,11 @@ class Params:
     recovery: float = 10.0
     min_rate: float = 0.2
     min_sample: int = 4
+    #: A new account row's first rate (None: no limit until a 429). N workers at full
+    #: concurrency would otherwise send N x concurrency calls before the first 429 came
+    #: back; from here it grows half again a second (doubling in under 2 s) while no 429
+    #: comes, and is lifted after a few quiet seconds if the fleet needs far less.
+    start_rate: float | None = 10.0
 
 
 @attrs.frozen
@@ -113,6 +122,11 @@ def advance(
     """The row after one worker's report (answers since its last turn) and its taking of
     the next slot at ``now``; and the seconds that worker waits for its slot."""
     p = params
+    if row.updated_at == 0.0 and p.start_rate is not None:
+        # The fleet's first call on this account: a slow start, as if the last 429 were
+        # four windows ago (so it creeps at nearly full speed at once, and the limit can
+        # be lifted ``recovery`` - 4 windows from now).
+        row = attrs.evolve(row, rate=p.start_rate, updated_at=now, last_limited=now - 4 * p.window)
     # Accepted answers in whole windows: the last complete one is the fleet's measure.
     win_start, win, prev = row.win_start, row.win_accepted, row.prev_accepted
     if now - win_start >= 2 * p.window:
