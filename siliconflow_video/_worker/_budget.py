@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     last_decrease DOUBLE PRECISION NOT NULL DEFAULT '-Infinity',
     win_start     DOUBLE PRECISION NOT NULL DEFAULT 0,
     win_accepted  INTEGER NOT NULL DEFAULT 0,
-    prev_accepted INTEGER NOT NULL DEFAULT 0
+    prev_accepted INTEGER NOT NULL DEFAULT 0,
+    settled       DOUBLE PRECISION NOT NULL DEFAULT 0
 )
 """
 _COLUMNS = (
@@ -70,6 +71,7 @@ _COLUMNS = (
     "win_start",
     "win_accepted",
     "prev_accepted",
+    "settled",
 )
 
 
@@ -93,6 +95,12 @@ class Params:
     #: back; from here it grows half again a second (doubling in under 2 s) while no 429
     #: comes, and is lifted after a few quiet seconds if the fleet needs far less.
     start_rate: float | None = 10.0
+    #: The most the rate grows a second once above ``settled`` (just under the limit last
+    #: found). Far below it, it climbs as ``RateGovernor``'s does (up to 50 % a second);
+    #: near it, fast growth would overshoot, and a fleet pays for an overshoot with every
+    #: slot already handed out at the old rate (TCP's slow start, then its congestion
+    #: avoidance).
+    near_growth: float = 0.05
 
 
 @attrs.frozen
@@ -108,6 +116,9 @@ class BudgetRow:
     win_start: float = 0.0
     win_accepted: int = 0
     prev_accepted: int = 0
+    #: The rate of the last cut anchored to what the fleet got accepted: the limit is
+    #: near it, so the creep above it is gentle (``near_growth``).
+    settled: float = 0.0
 
 
 def advance(
@@ -141,11 +152,14 @@ def advance(
     rate = row.rate
     last_limited, last_decrease = row.last_limited, row.last_decrease
     next_at, paused_until = row.next_at, row.paused_until
+    settled = row.settled
     if rate is not None and not limited:
         # Creep just after a 429, then faster and faster (doubling each quiet window); the
         # time elapsed is the fleet's, so N workers creep together as one governor would.
         quiet = now - last_limited
         growth = min(0.5, p.creep * 2.0 ** min(quiet / p.window, 10.0))
+        if row.settled and rate >= row.settled:
+            growth = min(growth, p.near_growth)
         rate += rate * growth * max(now - row.updated_at, 0.0)
         if rate > _CEILING or (quiet >= p.recovery and rate > 2 * recent / p.window + 1):
             rate = None  # far above what the fleet uses: the limit no longer binds
@@ -164,6 +178,8 @@ def advance(
                 target = min(target, rate * p.headroom)
             rate = max(p.min_rate, target)
             next_at = max(next_at, now + 1.0 / rate)
+            if recent >= 2:
+                settled = rate
     start = max(now, paused_until)
     if rate is not None:
         start = max(start, next_at)
@@ -178,6 +194,7 @@ def advance(
         win_start=win_start,
         win_accepted=win,
         prev_accepted=prev,
+        settled=settled,
     )
     return new, start - now
 
