@@ -13,6 +13,10 @@ as ``download`` runs it): a job still running ends the task at once, its success
 a finished one carries on into its transfer in the same task, so it costs no second status
 call. A job the journal shows ``downloading`` (a transfer cut short) gets a transfer task.
 
+Every API call of the worker's client is paced by the fleet's rate budget
+(``_budget.SharedBudget``: one rate per account in PostgreSQL, this worker's own governor
+while it is out of reach) unless ``WorkerSettings.rate_budget`` is ``"local"``.
+
 A poll's next delay is the blind schedule of the client's ``PollPolicy`` (``interval``
 growing by ``growth`` per call up to ``max_blind_interval``, jittered): the learned schedule
 needs one process to follow a job from its first answer, which a fleet does not.
