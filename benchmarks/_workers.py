@@ -9,11 +9,12 @@ to drain runs from starting the workers to the last job the journal records ``do
 no fleet sees a job before it finishes, nor makes more than ``limit`` calls a second. The
 429 share is the server's count over every status call of the run.
 
-Every worker adapts on its own (each client's rate governor slows down on its 429s); there
-is no shared budget in PostgreSQL. Polls follow the blind schedule (a fleet has no one
-process following a job from its first answer, which learned polling needs), so a job
-costs one call per poll until it finishes, and the one that sees ``Succeed`` goes on
-into the transfer with no further call.
+Each fleet runs twice: ``local``, every worker adapts on its own (each client's rate
+governor slows down on its own 429s), and ``shared``, the workers of the account keep one
+rate in PostgreSQL (``--rate-budget shared``, the default). Polls follow the blind
+schedule (a fleet has no one process following a job from its first answer, which learned
+polling needs), so a job costs one call per poll until it finishes, and the one that sees
+``Succeed`` goes on into the transfer with no further call.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class Fleet:
     spread: float
     sizes: tuple[int, ...] = (1, 2, 4)
     concurrency: int = 8
+    #: The workers' ``--rate-budget``: each its own governor, or one rate in PostgreSQL.
+    budgets: tuple[str, ...] = ("local", "shared")
 
 
 FULL = Fleet(jobs=300, rate=20.0, spread=20.0)
@@ -67,16 +70,22 @@ def run(
     log(
         f"workers: {fleet.jobs} jobs finishing over 0-{fleet.spread:g} s, limit "
         f"{fleet.rate:g} calls/s, fleets of {', '.join(map(str, fleet.sizes))} workers "
-        f"(concurrency {fleet.concurrency} each)"
+        f"(concurrency {fleet.concurrency} each), rate budget {' vs '.join(fleet.budgets)}"
     )
     with _cluster() as cluster:
         role, db = cluster.new_database()
-        variants = [(f"{n} workers", _one_run(cluster, role, db, fleet, n)) for n in fleet.sizes]
+        variants = [
+            (f"{n} workers, {budget}", _one_run(cluster, role, db, fleet, n, budget))
+            for n in fleet.sizes
+            for budget in fleet.budgets
+        ]
         runs = interleave(variants, reps, log=log)
     return _rows(fleet, runs), {"fleet": attrs.asdict(fleet), "runs": runs}
 
 
-def _one_run(cluster: Any, role: str, db: str, fleet: Fleet, n: int) -> Callable[[int], Metrics]:
+def _one_run(
+    cluster: Any, role: str, db: str, fleet: Fleet, n: int, budget: str
+) -> Callable[[int], Metrics]:
     def one_run(rep: int) -> Metrics:
         url = cluster.url(role, db, schema=cluster.new_schema(role, db))
         with Child(serve_jobs, fleet.rate, True, name="rate-limited fake API") as server:
@@ -105,6 +114,8 @@ def _one_run(cluster: Any, role: str, db: str, fleet: Fleet, n: int) -> Callable
                         "--burst",
                         "--concurrency",
                         str(fleet.concurrency),
+                        "--rate-budget",
+                        budget,
                     ],
                     env=env,
                     stdout=subprocess.DEVNULL,

@@ -73,7 +73,7 @@ from ._models import (
     excerpt,
     parse_status,
 )
-from ._pacing import GovernorStats, RateGovernor
+from ._pacing import GovernorStats, Pacing, RateGovernor
 from ._poller import Poller, StatusListener
 from ._sinks import (
     S3Object,
@@ -159,6 +159,10 @@ class AsyncClient:
     (:class:`S3Settings`); what it leaves out comes from the standard AWS configuration
     (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``...), as boto does. The
     client opens one store per bucket when it is first needed and closes it with itself.
+
+    ``pacing`` replaces the client's own rate governor with one the caller provides (a
+    :class:`~siliconflow_video._pacing.Pacing`), for example a rate budget shared by several
+    processes on one account; the caller opens and closes it.
     """
 
     def __init__(
@@ -179,6 +183,7 @@ class AsyncClient:
         trust_env: bool = True,
         journal: str | os.PathLike[str] | Journal | None = None,
         s3: S3Settings | None = None,
+        pacing: Pacing | None = None,
     ) -> None:
         self._api_key = resolve_api_key(api_key)
         self.base_url = resolve_base_url(base_url)
@@ -226,7 +231,9 @@ class AsyncClient:
         # One cap for every call on this client: a FastAPI app's many requests share it.
         self._download_slots = asyncio.Semaphore(max_concurrent_downloads)
         self._disk_writes = DiskWrites()  # shared by this client's downloads, no one else's
-        self._governor = RateGovernor()
+        # The client's own governor, unless the caller shares one between clients or
+        # processes (a worker fleet's rate budget in PostgreSQL).
+        self._governor: Pacing = RateGovernor() if pacing is None else pacing
         self._transport: APITransport | None = None
         self._poller = Poller(
             self._status_once,

@@ -32,7 +32,7 @@ from ._exceptions import (
     error_for_status,
 )
 from ._logging import logger
-from ._pacing import RateGovernor
+from ._pacing import Pacing
 
 T = TypeVar("T")
 
@@ -229,7 +229,7 @@ class APITransport:
         *,
         timeout: float,
         max_concurrent_requests: int,
-        governor: RateGovernor,
+        governor: Pacing,
         max_retry_after: float,
         proxies: Proxies = no_proxies,
     ) -> None:

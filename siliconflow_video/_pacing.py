@@ -25,6 +25,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 import attrs
 
@@ -36,6 +37,20 @@ class GovernorStats:
     rate: float | None
     requests: int
     rate_limited: int
+
+
+class Pacing(Protocol):
+    """What spaces a client's API requests: a :class:`RateGovernor` of its own by default,
+    or one shared with other processes (a worker fleet's budget in PostgreSQL). ``acquire``
+    before each request; then ``on_accepted`` or ``on_rate_limited`` with its answer."""
+
+    async def acquire(self) -> None: ...
+
+    def on_accepted(self) -> None: ...
+
+    def on_rate_limited(self, retry_after: float | None = None) -> None: ...
+
+    def stats(self) -> GovernorStats: ...
 
 
 class RateGovernor:

@@ -173,8 +173,8 @@ def test_a_postgresql_restart_is_survived(
 def test_workers_hold_the_rate_limit_together(
     pg_url: str, fake: FakeSiliconFlow, tmp_path: Path
 ) -> None:
-    """Two workers under a 4 calls/s account limit: few of their calls get 429 (each
-    worker's governor slows down on its 429s; the benchmark measures the share)."""
+    """Two workers under a 4 calls/s account limit: few of their calls get 429 (they keep
+    to one rate in PostgreSQL, the default; the benchmark measures the share)."""
     fake.set_rate_limit(4.0)
     ids = [fake.add_job(run_seconds=3.0, videos=[2_000]) for _ in range(16)]
     enqueue(pg_url, fake, ids, tmp_path)

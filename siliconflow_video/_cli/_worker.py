@@ -90,6 +90,13 @@ def add_worker_command(
         metavar="HOST",
         help="the address the metrics listen on (default: 127.0.0.1, this machine only)",
     )
+    worker.add_argument(
+        "--rate-budget",
+        choices=("shared", "local"),
+        default="shared",
+        help="shared (the default): every worker on the account keeps to one request rate, "
+        "kept in PostgreSQL; local: each worker adapts to its own 429s only",
+    )
     return worker
 
 
@@ -119,10 +126,11 @@ async def run_worker_command(
         import prometheus_client  # noqa: F401
     except ImportError:
         raise UsageError("the worker needs procrastinate and prometheus_client", _EXTRA) from None
-    from .._worker import Worker
+    from .._worker import Worker, WorkerSettings
 
     worker = Worker(
         url,
+        settings=WorkerSettings(rate_budget=args.rate_budget),
         concurrency=args.concurrency,
         burst=args.burst,
         metrics_port=args.metrics_port,

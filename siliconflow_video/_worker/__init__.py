@@ -1,7 +1,8 @@
 """Workers on a shared PostgreSQL journal, on procrastinate (the ``worker`` extra).
 
 ``_queue`` is procrastinate's side (the App, its schema, deferring the poll and transfer
-tasks), ``_run`` one worker process (the tasks and the upkeep), ``_metrics`` its Prometheus
+tasks), ``_run`` one worker process (the tasks and the upkeep), ``_budget`` the fleet's
+shared request rate (a row per account in PostgreSQL), ``_metrics`` its Prometheus
 metrics, ``_settings`` its timings. Nothing here is imported by ``siliconflow_video``.
 """
 

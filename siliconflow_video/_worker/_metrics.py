@@ -57,6 +57,12 @@ class Metrics:
             ["task", "outcome"],
             registry=self.registry,
         )
+        self.rate_shared = Gauge(
+            "siliconflow_video_rate_budget_shared",
+            "1 while this worker paces on the fleet's rate budget in PostgreSQL, 0 while on "
+            "its own governor (--rate-budget local, or PostgreSQL out of reach)",
+            registry=self.registry,
+        )
         for state in JobState:
             self.jobs.labels(state=state.value).set(0)
         self._seen = GovernorStats(rate=None, requests=0, rate_limited=0)

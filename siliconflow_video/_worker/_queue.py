@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from .._exceptions import JournalError, JournalUnavailableError
-from .._journal._pgschema import Target, parse_url, shown_url
+from .._journal._pgschema import Target, connect_error, parse_url, shown_url
 
 __all__ = [
     "POLL",
@@ -39,7 +39,8 @@ def queue_target(url: str) -> Target:
     if not url.startswith(("postgres://", "postgresql://", "postgresql+")):
         raise JournalUnavailableError(
             "workers share a PostgreSQL journal: give postgresql://USER@HOST:PORT/DB",
-            path=shown_url(url) if "://" in url else url,
+            # Never the text as given: libpq's keyword form may hold a password.
+            path=shown_url(url),
         )
     return parse_url(url)
 
@@ -90,12 +91,15 @@ async def ensure_schema(target: Target) -> None:
     from procrastinate.schema import SchemaManager
 
     try:
-        async with (
-            await psycopg.AsyncConnection.connect(
-                target.conninfo, connect_timeout=10, application_name="siliconflow-video-worker"
-            ) as conn,
-            conn.transaction(),
-        ):
+        conn = await psycopg.AsyncConnection.connect(
+            target.conninfo, connect_timeout=10, application_name="siliconflow-video-worker"
+        )
+    except psycopg.Error as exc:
+        # Out of reach (JournalConnectionError: worth waiting for), or a user or password
+        # refused (a plain JournalError: reported at once).
+        raise connect_error(exc, target) from None
+    try:
+        async with conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             cur = await conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL")
             row = await cur.fetchone()

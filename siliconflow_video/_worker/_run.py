@@ -13,6 +13,10 @@ as ``download`` runs it): a job still running ends the task at once, its success
 a finished one carries on into its transfer in the same task, so it costs no second status
 call. A job the journal shows ``downloading`` (a transfer cut short) gets a transfer task.
 
+Every API call of the worker's client is paced by the fleet's rate budget
+(``_budget.SharedBudget``: one rate per account in PostgreSQL, this worker's own governor
+while it is out of reach) unless ``WorkerSettings.rate_budget`` is ``"local"``.
+
 A poll's next delay is the blind schedule of the client's ``PollPolicy`` (``interval``
 growing by ``growth`` per call up to ``max_blind_interval``, jittered): the learned schedule
 needs one process to follow a job from its first answer, which a fleet does not.
@@ -32,10 +36,11 @@ from typing import Any
 import attrs
 
 from .._client import AsyncClient
-from .._config import PollPolicy
+from .._config import PollPolicy, resolve_api_key, resolve_base_url
 from .._exceptions import (
     AuthenticationError,
     ConfigurationError,
+    JournalConnectionError,
     JournalError,
     NotFoundError,
     PaymentRequiredError,
@@ -44,6 +49,7 @@ from .._exceptions import (
 )
 from .._journal import JobState, Journal, open_journal
 from .._models import EventKind, ProgressEvent, Status
+from ._budget import SharedBudget, account_key
 from ._metrics import Metrics
 from ._queue import (
     POLL,
@@ -126,6 +132,7 @@ class Worker:
         self._client: AsyncClient | None = None
         self._journal: Journal | None = None
         self._app: Any = None
+        self._budget: SharedBudget | None = None
         self._metrics = Metrics()
         self._scanned = -_SCAN_EVERY
 
@@ -157,8 +164,14 @@ class Worker:
         journal = open_journal(self._url, lease_seconds=settings.lease_seconds)
         await self._reaching("open the journal", journal.open)
         self._journal = journal
+        budget: SharedBudget | None = None
         try:
             options = {"max_concurrent_downloads": settings.concurrency, **self._client_options}
+            if settings.rate_budget == "shared" and "pacing" not in options:
+                budget = SharedBudget(self._target, self._account(options))
+                await budget.open()
+                options["pacing"] = budget
+                self._budget = budget
             async with AsyncClient(journal=journal, **options) as client:
                 self._client = client
                 if self.metrics_port is not None:
@@ -174,19 +187,32 @@ class Worker:
                     self._metrics.count_calls(client.rate_stats)
                     self._metrics.close()
         finally:
-            await journal.aclose()
+            try:
+                if budget is not None:
+                    await budget.aclose()
+            finally:
+                await journal.aclose()
         return 1 if self.failed else 0
+
+    @staticmethod
+    def _account(options: Mapping[str, Any]) -> str:
+        """The rate budget's row: the account the client will use (its key and base URL,
+        resolved as the client does), hashed."""
+        return account_key(
+            resolve_api_key(options.get("api_key")), resolve_base_url(options.get("base_url"))
+        )
 
     async def _reaching(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
         """``step``, tried again for ``start_timeout`` seconds while PostgreSQL cannot be
-        reached (a server restarting as the worker starts)."""
+        reached (a server restarting as the worker starts). Any other journal error (a
+        password refused, a missing database) is no outage: it is raised at once."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.start_timeout
         while True:
             try:
                 await step()
                 return
-            except JournalError as exc:
+            except JournalConnectionError as exc:
                 if loop.time() >= deadline:
                     raise
                 logger.warning("worker: cannot %s yet, trying again: %s", what, exc)
@@ -295,6 +321,8 @@ class Worker:
                 )
             if self._client is not None:
                 self._metrics.count_calls(self._client.rate_stats)
+            if self._budget is not None:
+                self._metrics.rate_shared.set(1 if self._budget.shared else 0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.settings.check_every)
 

@@ -7,7 +7,10 @@ import attrs
 
 from .._exceptions import ConfigurationError
 
-__all__ = ["WorkerSettings"]
+__all__ = ["RATE_BUDGETS", "WorkerSettings"]
+
+#: The values of ``WorkerSettings.rate_budget``.
+RATE_BUDGETS = ("shared", "local")
 
 
 def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -43,7 +46,16 @@ class WorkerSettings:
     #: How long a starting worker keeps trying to reach PostgreSQL (a server restarting).
     start_timeout: float = attrs.field(default=60.0, validator=_positive)
 
+    #: How the fleet keeps under the account's rate limit: ``"shared"``, one rate for every
+    #: worker on the account, in PostgreSQL (this worker's own governor while it is out of
+    #: reach); ``"local"``, each worker's client adapts to its own 429s only.
+    rate_budget: str = "shared"
+
     def __attrs_post_init__(self) -> None:
+        if self.rate_budget not in RATE_BUDGETS:
+            raise ConfigurationError(
+                f"rate_budget must be one of {', '.join(RATE_BUDGETS)}, got {self.rate_budget!r}"
+            )
         if self.concurrency < 1:
             raise ConfigurationError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.stalled_after <= 2 * self.heartbeat_every:
