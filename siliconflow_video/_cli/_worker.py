@@ -159,4 +159,9 @@ async def defer_for_workers(journal: Path | str | None, request_ids: Sequence[st
     try:
         await enqueue_polls(url, list(request_ids))
     except (SiliconFlowError, OSError) as exc:
-        log.warning("warning: the ids are journaled, but no task was queued for them: %s", exc)
+        # enqueue_polls scrubs the password from what it raises.
+        log.warning(
+            "warning: the ids are journaled, but no task was queued for them (running "
+            "workers find them within 10 s): %s",
+            exc,
+        )
