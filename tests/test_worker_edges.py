@@ -23,13 +23,13 @@ from siliconflow_video import (
     PermissionDeniedError,
     SiliconFlowError,
 )
-from siliconflow_video._journal import JobState, open_journal, read_jobs
+from siliconflow_video._journal import JobState, read_jobs
 from siliconflow_video._worker import ensure_schema, make_app, queue_target
 from siliconflow_video._worker._queue import POLL, defer_poll, retry_stalled
 from siliconflow_video.testing import (
     DropMidBody,
-    Fault,
     FakeSiliconFlow,
+    Fault,
     HTMLPage,
     forbidden,
     not_found,
@@ -177,33 +177,33 @@ async def test_a_stalled_task_with_a_successor_is_dropped_only_while_stalled(
 async def test_a_transfer_taken_over_counts_only_the_bytes_fetched(
     pg_url: str, tmp_path: Path
 ) -> None:
-    """A transfer cut short (half its bytes kept in the .part file, the job journaled
-    downloading) and finished by a worker: the bytes metric counts what the worker
-    fetched, not the kept half; a complete file reused counts nothing."""
-    size = 400_000
+    """An id whose transfer was cut short (its first video complete, half of the second
+    kept in its .part file) finished by a worker: the bytes metric counts what the worker
+    fetched, not the kept half, and nothing for the complete video it reused."""
+    small, size = 30_000, 400_000
     async with FakeSiliconFlow() as fake:
-        rid = fake.add_job(videos=[size])
-        reused = fake.add_job(videos=[30_000])
-        fake.add_fault("video", DropMidBody(after_bytes=size // 2), times=1, request_id=rid)
+        rid = fake.add_job(videos=[small, size])
+        # The whole of the small video, then a reset halfway through the large one.
+        fake.add_fault("video", DropMidBody(after_bytes=size // 2), times=None, request_id=rid)
         async with AsyncClient(
             api_key=fake.api_key,
             base_url=fake.base_url,
             journal=pg_url,
+            max_concurrent_downloads=1,
             download=DownloadPolicy(max_attempts=1),
         ) as client:
-            # Out of tries at the drop: the half stays in the .part file for a resume.
             [cut] = [o async for o in client.download_as_completed([rid], tmp_path)]
-            [whole] = [o async for o in client.download_as_completed([reused], tmp_path)]
         assert cut.error is not None
-        assert whole.error is None
-        kept = (tmp_path / f"{rid}_0.mp4.part").stat().st_size
+        assert (tmp_path / f"{rid}_0.mp4").stat().st_size == small
+        kept = (tmp_path / f"{rid}_1.mp4.part").stat().st_size
         assert 0 < kept < size
-        async with open_journal(pg_url) as journal:
-            await journal.accept([rid, reused], dest=tmp_path)  # to be looked at again
-        assert {j.request_id: j.state for j in read_jobs(pg_url)}[rid] is not JobState.DONE
+        fake.clear_faults()
+        await accept(pg_url, [rid], tmp_path)  # back to waiting, for the workers
         worker = Worker(pg_url, burst=True, settings=FAST, client_options=options(fake))
         assert await asyncio.wait_for(worker.run(), 60) == 0
-        assert (tmp_path / f"{rid}_0.mp4").read_bytes() == fake.video_bytes(rid)
+        for index in (0, 1):
+            path = tmp_path / f"{rid}_{index}.mp4"
+            assert path.read_bytes() == fake.video_bytes(rid, index)
     counted = worker.metrics.registry.get_sample_value("siliconflow_video_bytes_transferred_total")
     assert counted == size - kept
 
