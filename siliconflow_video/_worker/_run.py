@@ -99,6 +99,7 @@ class Worker:
 
         worker = Worker("postgresql://sfv@db/sfv", concurrency=16, burst=True)
         code = await worker.run()   # 0: all done; 1: some id failed
+        # (burst mode: a rejected key, no balance, a wrong base URL is raised, ids kept)
 
     ``client_options`` go to the worker's one :class:`AsyncClient` (``api_key``,
     ``base_url``, ``poll``, ``download``...). ``metrics_port`` serves Prometheus metrics
@@ -482,6 +483,7 @@ class Worker:
 
 async def run_worker(journal: str, **options: Any) -> int:
     """Run a :class:`Worker` (same keywords) until stopped or, with ``burst=True``, until
-    no work is left; 0, or 1 when a job it handled failed. Cancelling it stops the worker
+    no work is left; 0, or 1 when a job it handled failed (in burst mode, an error about
+    the account is raised: see :meth:`Worker.run`). Cancelling it stops the worker
     cleanly."""
     return await Worker(journal, **options).run()
