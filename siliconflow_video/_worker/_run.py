@@ -329,8 +329,8 @@ class Worker:
                     task_name=name, seconds_since_heartbeat=self.settings.stalled_after
                 )
             )
-            if stalled:
-                retried = await retry_stalled(self._app, stalled)
+            retried = await retry_stalled(self._app, stalled) if stalled else 0
+            if retried:
                 logger.info(
                     "worker: %d %s task(s) of a stalled worker back in the queue", retried, name
                 )
