@@ -561,7 +561,8 @@ def test_ctrl_c_keeps_the_partial_download(server: FakeSiliconFlow, tmp_path: Pa
         seen = []
         for line in proc.stderr:  # plain progress lines: stderr is not a terminal
             seen.append(line)
-            if f"{rid}: video 0:" in line:  # bytes are on disk
+            # Bytes are on disk (the first line, as the body starts, says 0 B).
+            if f"{rid}: video 0:" in line and ": 0 B of" not in line:
                 break
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
@@ -762,7 +763,8 @@ def test_rows_come_as_ids_finish_and_survive_a_stop(
         assert first["files"][0]["size"] == 1000
         assert proc.poll() is None  # the batch goes on
         for line in proc.stderr:
-            if f"{big}: video 0:" in line:  # bytes of the big one are on disk
+            # Bytes of the big one are on disk (not the first line: 0 B, as it starts).
+            if f"{big}: video 0:" in line and ": 0 B of" not in line:
                 break
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=20)

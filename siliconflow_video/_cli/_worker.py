@@ -56,8 +56,10 @@ def add_worker_command(
         "'enqueue --journal postgresql://...' recorded), sharing the work with every other "
         "worker on the same journal; a dead worker's jobs are taken over by the others. "
         "Stop it with SIGTERM (exit 143) or Ctrl-C (130): running tasks get 10 s to finish. "
-        "With --burst: exit 0 once all is done, 1 if an id it handled failed. 2: a usage or "
-        "configuration error.",
+        "With --burst: exit 0 once all is done, 1 if an id it handled failed; an error about "
+        "the account (a rejected key, no balance, a wrong base URL) stops it at once, the ids "
+        "left waiting (exit 2, or 1 for no balance or a 403). 2: a usage or configuration "
+        "error.",
     )
     worker.add_argument(
         "--journal",
@@ -69,7 +71,8 @@ def add_worker_command(
     worker.add_argument(
         "--burst",
         action="store_true",
-        help="stop once no work is left (exit 0, or 1 if an id failed)",
+        help="stop once no work is left (exit 0, or 1 if an id failed), or at the first "
+        "error about the account",
     )
     worker.add_argument(
         "--concurrency",
@@ -167,4 +170,9 @@ async def defer_for_workers(journal: Path | str | None, request_ids: Sequence[st
     try:
         await enqueue_polls(url, list(request_ids))
     except (SiliconFlowError, OSError) as exc:
-        log.warning("warning: the ids are journaled, but no task was queued for them: %s", exc)
+        # enqueue_polls scrubs the password from what it raises.
+        log.warning(
+            "warning: the ids are journaled, but no task was queued for them (running "
+            "workers find them within 10 s): %s",
+            exc,
+        )

@@ -484,6 +484,10 @@ class Fetch:
         start = sink.done
         if encoding is None:
             self.total = total
+            if self.on_progress is not None:
+                # Where this body starts (0, or the bytes kept from before): a listener
+                # counting what arrives (a worker's metrics) can tell the two apart.
+                self.on_progress(start, total)
             await sink.copy(body)
             received = sink.done
         else:

@@ -31,6 +31,7 @@ from ._base import (
     strip_query,
     submit_key_for,
 )
+from ._pgschema import Target, connect_error, parse_url, shown_url
 from ._record import JournalRecord, Recorder
 from ._rows import select_jobs
 from ._schema import SCHEMA_VERSION, Synchronous, connect, execute
@@ -49,11 +50,15 @@ __all__ = [
     "Recorder",
     "SQLiteJournal",
     "SubmitIntent",
+    "Target",
     "VideoRecord",
     "VideoState",
     "journal_name",
     "open_journal",
+    "connect_error",
+    "parse_url",
     "read_jobs",
+    "shown_url",
     "strip_query",
     "submit_key_for",
 ]

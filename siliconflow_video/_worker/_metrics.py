@@ -101,11 +101,16 @@ class Metrics:
             self.jobs.labels(state=state.value).set(count)
 
     def progress(self, event: ProgressEvent) -> None:
-        """The progress callback of the transfers: BYTES events add their new bytes."""
+        """The progress callback of the transfers: BYTES events add their new bytes.
+
+        A video's BYTES events carry running totals, and its first says where the transfer
+        starts: 0, the bytes a resumed transfer kept (a dead worker's ``.part`` file, its
+        uploaded parts) or, for a complete file reused, its size. That first one is the
+        baseline: only what arrives after it was received by this worker."""
         if event.kind is EventKind.BYTES and event.index is not None:
             key = (event.request_id, event.index)
-            before = self._bytes.get(key, 0)
-            if event.bytes_done > before:
+            before = self._bytes.get(key)
+            if before is not None and event.bytes_done > before:
                 self.bytes.inc(event.bytes_done - before)
             self._bytes[key] = event.bytes_done
         elif event.kind is EventKind.DONE:

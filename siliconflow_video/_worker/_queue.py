@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from .._exceptions import JournalError, JournalUnavailableError
-from .._journal._pgschema import Target, connect_error, parse_url, shown_url
+from .._journal import Target, connect_error, parse_url, shown_url
 
 __all__ = [
     "POLL",
@@ -25,6 +25,7 @@ __all__ = [
     "make_app",
     "pending_ids",
     "queue_target",
+    "retry_stalled",
 ]
 
 POLL = "siliconflow_video.poll"
@@ -154,4 +155,35 @@ async def defer_polls(app: Any, request_ids: Iterable[str]) -> int:
     count = 0
     for rid in request_ids:
         count += await defer_poll(app, rid)
+    return count
+
+
+async def retry_stalled(app: Any, stalled: Iterable[Any]) -> int:
+    """Put the ``stalled`` jobs (procrastinate's, from ``get_stalled_jobs``) back in the
+    queue; how many went back.
+
+    Two workers may retry the same list (each read it before the other acted), so nothing
+    here may touch a job another worker has moved on since: a job already retried is left
+    alone (procrastinate refuses it, and it may be running elsewhere by now). A job whose
+    successor waits already (a poll that deferred the next one, then died: the queueing
+    lock refuses the retry) is deleted, but only while it is still the stalled row.
+    """
+    from procrastinate.exceptions import ConnectorException, UniqueViolation
+
+    manager = app.job_manager
+    count = 0
+    for job in stalled:
+        try:
+            await manager.retry_job(job)
+        except UniqueViolation:
+            await app.connector.execute_query_async(
+                "DELETE FROM procrastinate_jobs WHERE id = %(id)s AND status = 'doing' "
+                "AND worker_id IS NOT DISTINCT FROM %(worker)s",
+                id=job.id,
+                worker=job.worker_id,
+            )
+        except ConnectorException:
+            continue  # retried by another worker meanwhile: not ours any more
+        else:
+            count += 1
     return count

@@ -43,6 +43,7 @@ from .._exceptions import (
     JournalConnectionError,
     JournalError,
     NotFoundError,
+    NotSiliconFlowError,
     PaymentRequiredError,
     PermissionDeniedError,
     SiliconFlowError,
@@ -60,6 +61,7 @@ from ._queue import (
     make_app,
     pending_ids,
     queue_target,
+    retry_stalled,
 )
 from ._settings import WorkerSettings
 
@@ -72,8 +74,15 @@ logger = logging.getLogger("siliconflow_video.worker")
 _OPEN = (JobState.WAITING, JobState.DOWNLOADING)
 #: What SiliconFlow says of a job that has not finished.
 _RUNNING = (Status.IN_QUEUE, Status.IN_PROGRESS)
-#: Errors about the account or the set-up, not the id: the id is kept for later.
-_ACCOUNT_ERRORS = (AuthenticationError, PaymentRequiredError, PermissionDeniedError, NotFoundError)
+#: Errors about the account or the set-up, not the id: the id is kept for later (a
+#: worker in burst mode stops on the first, since no id can get past it).
+_ACCOUNT_ERRORS = (
+    AuthenticationError,
+    PaymentRequiredError,
+    PermissionDeniedError,
+    NotFoundError,
+    NotSiliconFlowError,
+)
 #: Job counts for the metrics are read this often at most (they read every row).
 _COUNT_EVERY = 10.0
 #: While tasks are under way, the journal is searched for ids without one this often.
@@ -96,6 +105,7 @@ class Worker:
 
         worker = Worker("postgresql://sfv@db/sfv", concurrency=16, burst=True)
         code = await worker.run()   # 0: all done; 1: some id failed
+        # (burst mode: a rejected key, no balance, a wrong base URL is raised, ids kept)
 
     ``client_options`` go to the worker's one :class:`AsyncClient` (``api_key``,
     ``base_url``, ``poll``, ``download``...). ``metrics_port`` serves Prometheus metrics
@@ -127,6 +137,8 @@ class Worker:
             raise ConfigurationError("the worker's client uses the worker's journal")
         #: requestIds whose job ended failed in this worker's tasks.
         self.failed: set[str] = set()
+        #: In burst mode, the account-wide error that stopped the worker (ids kept).
+        self.held_by: SiliconFlowError | None = None
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._stopping: asyncio.Event | None = None
         self._client: AsyncClient | None = None
@@ -157,7 +169,12 @@ class Worker:
 
     async def run(self) -> int:
         """Run until stopped (or, in burst mode, until no work is left): 0, or 1 when a
-        job this worker handled failed."""
+        job this worker handled failed.
+
+        In burst mode an error about the account or the set-up rather than an id (a
+        rejected key, no balance, 403, a base URL that is not SiliconFlow's) stops the
+        worker and is raised once it has stopped: no id can get past it, and waiting it
+        out would never end. The ids stay ``waiting`` for the next worker."""
         self._stopping = asyncio.Event()
         settings = self.settings
         await self._reaching("prepare the task tables", lambda: ensure_schema(self._target))
@@ -192,6 +209,8 @@ class Worker:
                     await budget.aclose()
             finally:
                 await journal.aclose()
+        if self.held_by is not None:
+            raise self.held_by
         return 1 if self.failed else 0
 
     @staticmethod
@@ -265,7 +284,10 @@ class Worker:
                     update_heartbeat_interval=settings.heartbeat_every,
                     stalled_worker_timeout=settings.stalled_after,
                     shutdown_graceful_timeout=settings.shutdown_grace,
-                    delete_jobs="successful",
+                    # The journal keeps each id's outcome and error; a task row is only
+                    # the queue's, and a failed one (its id gets a new poll) would stay
+                    # forever.
+                    delete_jobs="always",
                 ),
                 name="procrastinate worker",
             )
@@ -328,23 +350,18 @@ class Worker:
 
     async def _retry_stalled(self) -> None:
         """Jobs running on a worker whose heartbeat stopped go back to the queue."""
-        from procrastinate import jobs
-        from procrastinate.exceptions import ConnectorException
-
         manager = self._app.job_manager
         for name in (POLL, TRANSFER):
-            stalled = await manager.get_stalled_jobs(
-                task_name=name, seconds_since_heartbeat=self.settings.stalled_after
+            stalled = list(
+                await manager.get_stalled_jobs(
+                    task_name=name, seconds_since_heartbeat=self.settings.stalled_after
+                )
             )
-            for job in stalled:
-                logger.info("worker: retrying %s of a stalled worker (job %s)", name, job.id)
-                try:
-                    await manager.retry_job(job)
-                except ConnectorException:
-                    # Its successor is queued already (a poll that deferred the next one
-                    # before it died): this one is done with.
-                    with contextlib.suppress(ConnectorException):
-                        await manager.finish_job(job, status=jobs.Status.FAILED, delete_job=True)
+            retried = await retry_stalled(self._app, stalled) if stalled else 0
+            if retried:
+                logger.info(
+                    "worker: %d %s task(s) of a stalled worker back in the queue", retried, name
+                )
 
     async def _feed(self) -> bool:
         """A poll for every unfinished journaled id with no task; True if work is left.
@@ -429,12 +446,21 @@ class Worker:
         assert self._client is not None
         if isinstance(error, _ACCOUNT_ERRORS):
             # The key, the balance or the base URL, not this id: keep it for later.
-            logger.error("worker: %s: %s; asking again later", request_id, error)
             after = await self._journal.find(request_id)
             if after is not None and after.state is JobState.FAILED:
                 await self._journal.accept([request_id], dest=after.dest)
             policy = self._client.poll_policy
             await defer_poll(self._app, request_id, n + 1, delay=policy.blind_cap)
+            if self.burst:
+                # Every id would meet it: a burst worker (a CI step, a Job) that waited it
+                # out would never end. Stop; the ids stay waiting, nothing is lost.
+                if self.held_by is None:
+                    self.held_by = error
+                    logger.info("worker: stopping (burst): %s; the ids stay waiting", error)
+                assert self._stopping is not None
+                self._stopping.set()
+            else:
+                logger.error("worker: %s: %s; asking again later", request_id, error)
             return "error"
         try:
             after = await self._journal.find(request_id)
@@ -485,6 +511,7 @@ class Worker:
 
 async def run_worker(journal: str, **options: Any) -> int:
     """Run a :class:`Worker` (same keywords) until stopped or, with ``burst=True``, until
-    no work is left; 0, or 1 when a job it handled failed. Cancelling it stops the worker
+    no work is left; 0, or 1 when a job it handled failed (in burst mode, an error about
+    the account is raised: see :meth:`Worker.run`). Cancelling it stops the worker
     cleanly."""
     return await Worker(journal, **options).run()
