@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import psycopg
 import pytest
 
@@ -16,11 +17,12 @@ from siliconflow_video import PollPolicy
 from siliconflow_video._exceptions import ConfigurationError, JournalUnavailableError
 from siliconflow_video._journal import JobState, open_journal, read_jobs
 from siliconflow_video._worker import poll_delay
-from siliconflow_video.testing import FakeSiliconFlow
+from siliconflow_video.testing import FakeSiliconFlow, not_found
 from siliconflow_video.worker import Worker, WorkerSettings, enqueue_polls, run_worker
 
 from . import _postgres
 from ._postgres import PASSWORD
+from .conftest import FAST_DOWNLOAD
 
 postgres, pg_database, pg_url = _postgres.postgres, _postgres.pg_database, _postgres.pg_url
 
@@ -150,3 +152,27 @@ def test_the_password_stays_out_of_the_worker(pg_url: str) -> None:
     worker = Worker(pg_url)
     assert PASSWORD not in repr(worker)
     assert PASSWORD not in worker.shown
+
+
+async def test_a_passing_trouble_is_tried_again_not_failed(pg_url: str, tmp_path: Path) -> None:
+    """A video host that refuses a job's video for longer than one transfer's tries leaves
+    the id waiting (not failed): it is polled again, with fresh URLs, and its video lands;
+    past ``retry_for`` the same trouble fails the id, as before."""
+    quick = attrs.evolve(FAST, retry_every=0.3)
+    async with FakeSiliconFlow() as fake:
+        rid = fake.add_job(run_seconds=0.1, videos=[20_000])
+        fake.add_fault("video", not_found(), times=3, request_id=rid)
+        await accept(pg_url, [rid], tmp_path)
+        client = {**options(fake), "download": FAST_DOWNLOAD}
+        code = await run_worker(pg_url, burst=True, settings=quick, client_options=client)
+        assert (tmp_path / f"{rid}_0.mp4").read_bytes() == fake.video_bytes(rid)
+        assert len(fake.requests_for("video", rid)) >= 4
+
+        late = fake.add_job(run_seconds=0.1, videos=[20_000])
+        fake.add_fault("video", not_found(), times=None, request_id=late)
+        await accept(pg_url, [late], tmp_path)
+        old = attrs.evolve(quick, retry_for=0.001)
+        failed = await run_worker(pg_url, burst=True, settings=old, client_options=client)
+    assert (code, failed) == (0, 1)
+    states = {job.request_id: job.state for job in read_jobs(pg_url)}
+    assert states == {rid: JobState.DONE, late: JobState.FAILED}

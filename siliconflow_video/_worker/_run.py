@@ -31,6 +31,7 @@ import os
 import random
 import socket
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -39,7 +40,10 @@ from .._client import AsyncClient
 from .._config import PollPolicy, resolve_api_key, resolve_base_url
 from .._exceptions import (
     AuthenticationError,
+    BadRequestError,
     ConfigurationError,
+    ForeignFileError,
+    JobFailedError,
     JournalConnectionError,
     JournalError,
     NotFoundError,
@@ -47,8 +51,9 @@ from .._exceptions import (
     PaymentRequiredError,
     PermissionDeniedError,
     SiliconFlowError,
+    UnsafeFileNameError,
 )
-from .._journal import JobState, Journal, open_journal
+from .._journal import JobRecord, JobState, Journal, open_journal
 from .._models import EventKind, ProgressEvent, Status
 from ._budget import SharedBudget, account_key
 from ._metrics import Metrics
@@ -82,6 +87,17 @@ _ACCOUNT_ERRORS = (
     PermissionDeniedError,
     NotFoundError,
     NotSiliconFlowError,
+)
+#: Errors no later try can get past: the job failed at SiliconFlow, SiliconFlow refuses
+#: the id, a file name that is not ours, a destination or option that cannot work. Any
+#: other error (the API or the video host out of reach, the bucket failing, an expired
+#: URL) is tried again for ``WorkerSettings.retry_for``.
+_FINAL_ERRORS = (
+    JobFailedError,
+    BadRequestError,
+    ForeignFileError,
+    UnsafeFileNameError,
+    ConfigurationError,
 )
 #: Job counts for the metrics are read this often at most (they read every row).
 _COUNT_EVERY = 10.0
@@ -462,6 +478,17 @@ class Worker:
             else:
                 logger.error("worker: %s: %s; asking again later", request_id, error)
             return "error"
+        if not isinstance(error, _FINAL_ERRORS):
+            after = await self._journal.find(request_id)
+            if after is not None and self._young(after):
+                # A passing trouble (an outage, the video host or the bucket failing): the
+                # id stays waiting and is asked about again, with fresh URLs.
+                if after.state is JobState.FAILED:
+                    await self._journal.accept([request_id], dest=after.dest)
+                delay = max(self.settings.retry_every, poll_delay(self._client.poll_policy, n))
+                await defer_poll(self._app, request_id, n + 1, delay=delay)
+                logger.warning("worker: %s: %s; trying again in %.0f s", request_id, error, delay)
+                return "error"
         try:
             after = await self._journal.find(request_id)
             if after is not None and after.state in _OPEN:
@@ -472,6 +499,14 @@ class Worker:
         self.failed.add(request_id)
         logger.warning("worker: %s failed: %s", request_id, error)
         return "failed"
+
+    def _young(self, job: JobRecord) -> bool:
+        """Whether ``job`` was journaled less than ``retry_for`` seconds ago."""
+        since = job.created_at or job.submitted_at
+        if since is None:
+            return False
+        age = (datetime.now(UTC) - since).total_seconds()
+        return age < self.settings.retry_for
 
     async def _transfer(self, request_id: str, n: int) -> None:
         outcome = "error"

@@ -46,6 +46,14 @@ class WorkerSettings:
     #: How long a starting worker keeps trying to reach PostgreSQL (a server restarting).
     start_timeout: float = attrs.field(default=60.0, validator=_positive)
 
+    #: A job that ends in an error a later try may get past (the API out of reach, the
+    #: video host or the bucket failing, an expired URL) is polled again every
+    #: ``retry_every`` seconds until it is ``retry_for`` seconds old (counted from when it was
+    #: journaled); only then is it recorded failed. A job SiliconFlow failed, an id it
+    #: refuses, or a file name that is not ours fail at once.
+    retry_for: float = attrs.field(default=3600.0, validator=_positive)
+    retry_every: float = attrs.field(default=30.0, validator=_positive)
+
     #: How the fleet keeps under the account's rate limit: ``"shared"``, one rate for every
     #: worker on the account, in PostgreSQL (this worker's own governor while it is out of
     #: reach); ``"local"``, each worker's client adapts to its own 429s only.
