@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import importlib.util
 import json
 import os
@@ -318,8 +319,7 @@ class AsyncClient:
         return self._journal_vouches or (transport is not None and transport.ever_answered)
 
     async def _load_answered(self, journal: Journal) -> None:
-        kept = await answered_base_url(journal)
-        self._journal_vouches = self._answer_kept = kept == self.base_url
+        self._journal_vouches = self._answer_kept = await journal_vouches(journal, self.base_url)
 
     async def _keep_answered(self) -> None:
         """Record in the journal that a status was read through this base URL, once."""
@@ -330,7 +330,7 @@ class AsyncClient:
         if journal.read_only:
             return
         try:
-            await journal.save_value(_ANSWERED, self.base_url)
+            await journal.save_value(_ANSWERED, _fingerprint(self.base_url))
         except SiliconFlowError as exc:  # worth a warning, never a poll's failure
             logger.warning("journal: could not keep the base URL that answered: %s", exc)
 
@@ -938,14 +938,22 @@ def _dest_text(dest: Destination) -> str:
     return str(dest) if isinstance(dest, S3Target) else normalize_dest(dest)
 
 
-async def answered_base_url(journal: Journal) -> str | None:
-    """The base URL a client on ``journal`` last read a status through (None: never, or
-    unreadable): an API known to exist there, so a connection refused is an outage."""
+async def journal_vouches(journal: Journal, base_url: str) -> bool:
+    """Whether a client on ``journal`` last read a status through ``base_url``: an API known
+    to exist there, so a connection refused is an outage. (False: never, another URL, or
+    unreadable.)"""
     try:
-        return await journal.load_value(_ANSWERED)
+        kept = await journal.load_value(_ANSWERED)
     except SiliconFlowError as exc:  # then only an answer to the client itself vouches
         logger.warning("journal: could not read the base URL that answered: %s", exc)
-        return None
+        return False
+    return kept == _fingerprint(base_url)
+
+
+def _fingerprint(base_url: str) -> str:
+    """What the journal keeps of a base URL: a digest, never the URL (it may carry a
+    gateway's credentials, and a fleet shares the journal)."""
+    return "sha256:" + hashlib.sha256(base_url.encode()).hexdigest()
 
 
 def resume_plan(jobs: Iterable[JobRecord]) -> dict[str, list[str]]:

@@ -199,4 +199,13 @@ def resolve_base_url(base_url: str | None) -> str:
             f"base URL must be an http(s) URL such as {DEFAULT_BASE_URL!r}, got {url!r} "
             f"(from base_url=... or {BASE_URL_ENV})"
         )
+    if parts.username is not None or parts.password is not None:
+        # The key goes in the Authorization header; credentials in the URL would clash with
+        # it (aiohttp refuses the pair) and show wherever the URL is shown.
+        shown = url.replace(parts.netloc, parts.netloc.rpartition("@")[2], 1)
+        raise ConfigurationError(
+            f"base URL must not carry a user or password, got {shown!r} with one "
+            f"(from base_url=... or {BASE_URL_ENV}); the API key goes in api_key= or "
+            "SILICONFLOW_API_KEY"
+        )
     return url

@@ -17,6 +17,7 @@ import pytest
 
 import siliconflow_video as sv
 from siliconflow_video import AsyncClient
+from siliconflow_video._client import journal_vouches
 from siliconflow_video.testing import FakeSiliconFlow
 
 from .conftest import FAST_DOWNLOAD, FAST_RETRY
@@ -144,3 +145,29 @@ async def test_a_journal_vouches_only_for_the_base_url_that_answered(
             client.wait_and_download(["other-id"], tmp_path / "out"), 30
         )
     assert isinstance(outcome.error, sv.APIConnectionError)
+
+
+async def test_the_journal_keeps_no_base_url_only_its_digest(
+    fake: FakeSiliconFlow, tmp_path: Path
+) -> None:
+    """What vouches for a base URL is a digest: nothing of the URL is in the journal's file
+    (a fleet shares it, and a gateway's URL may carry a token in its path)."""
+    journal = tmp_path / "jobs.sqlite"
+    rid = fake.add_job(videos=[4000])
+    async with client_for(fake, fake.base_url, journal) as client:
+        [outcome] = await client.wait_and_download([rid], tmp_path / "out")
+        assert outcome.ok, outcome.error
+    async with sv.open_journal(journal) as opened:
+        assert await journal_vouches(opened, fake.base_url)
+        assert not await journal_vouches(opened, fake.base_url + "/other")
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("jobs.sqlite*"))
+    assert urlsplit(fake.base_url).netloc.encode() not in stored
+
+
+def test_a_base_url_with_credentials_is_refused_without_showing_them() -> None:
+    """A user or password in the base URL is a ConfigurationError that does not show them
+    (the key has its own place; aiohttp would refuse the pair on the first call)."""
+    with pytest.raises(sv.ConfigurationError) as caught:
+        AsyncClient("sk-x", "https://user:gw-secret-Zr8q@gateway.example/v1")
+    assert "gw-secret-Zr8q" not in str(caught.value)
+    assert "user" in str(caught.value)

@@ -31,7 +31,7 @@ from typing import Any, TextIO
 
 import attrs
 
-from .._client import AsyncClient, answered_base_url, destination, resume_plan
+from .._client import AsyncClient, destination, journal_vouches, resume_plan
 from .._config import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -283,7 +283,7 @@ class Cli:
     async def journal_vouches(client: AsyncClient) -> bool:
         """The client's journal says a status was read through its base URL before."""
         journal = await client.journal()
-        return journal is not None and await answered_base_url(journal) == client.base_url
+        return journal is not None and await journal_vouches(journal, client.base_url)
 
     def failed_everywhere(self, request_ids: Sequence[str], exc: BaseException) -> int:
         """A failure that ends every id: in JSON each id still gets its line."""
