@@ -13,7 +13,7 @@ import attrs
 import psycopg
 import pytest
 
-from siliconflow_video import PollPolicy
+from siliconflow_video import AsyncClient, PollPolicy, WaitTimeoutError
 from siliconflow_video._exceptions import ConfigurationError, JournalUnavailableError
 from siliconflow_video._journal import JobState, open_journal, read_jobs
 from siliconflow_video._worker import poll_delay
@@ -23,6 +23,7 @@ from siliconflow_video.worker import Worker, WorkerSettings, enqueue_polls, run_
 from . import _postgres
 from ._postgres import PASSWORD
 from .conftest import FAST_DOWNLOAD
+from .test_outage_resume import forwarder, free_port
 
 postgres, pg_database, pg_url = _postgres.postgres, _postgres.pg_database, _postgres.pg_url
 
@@ -176,3 +177,32 @@ async def test_a_passing_trouble_is_tried_again_not_failed(pg_url: str, tmp_path
     assert (code, failed) == (0, 1)
     states = {job.request_id: job.state for job in read_jobs(pg_url)}
     assert states == {rid: JobState.DONE, late: JobState.FAILED}
+
+
+async def test_a_burst_worker_ends_during_an_outage_the_journal_vouches_for(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The journal says the API answered at this base URL before, so a status call waits
+    an outage out; a poll task still gives its slot back after ``poll_timeout``, and a
+    burst worker stops (the error raised, the id left waiting) instead of running on."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}/v1"
+    async with FakeSiliconFlow() as fake:
+        rid = fake.add_job(run_seconds=3600, videos=[4000])
+        async with forwarder(port, fake):
+            client = AsyncClient(fake.api_key, base_url, journal=pg_url, poll=QUICK_POLLS)
+            async with client:
+                [outcome] = await client.wait_and_download([rid], tmp_path, timeout=0.3)
+            assert isinstance(outcome.error, WaitTimeoutError)  # polled: the journal vouches
+        quick = attrs.evolve(FAST, poll_timeout=1.0)
+        worker = Worker(
+            pg_url,
+            burst=True,
+            settings=quick,
+            client_options={"api_key": fake.api_key, "base_url": base_url, "poll": QUICK_POLLS},
+        )
+        with pytest.raises(WaitTimeoutError):
+            await asyncio.wait_for(worker.run(), 60)
+    (job,) = read_jobs(pg_url)
+    assert job.state is JobState.WAITING
+    assert worker.failed == set()

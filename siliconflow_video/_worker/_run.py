@@ -39,6 +39,7 @@ import attrs
 from .._client import AsyncClient
 from .._config import PollPolicy, resolve_api_key, resolve_base_url
 from .._exceptions import (
+    APIConnectionError,
     AuthenticationError,
     BadRequestError,
     ConfigurationError,
@@ -46,12 +47,16 @@ from .._exceptions import (
     JobFailedError,
     JournalConnectionError,
     JournalError,
+    NoSuchBucketError,
     NotFoundError,
     NotSiliconFlowError,
     PaymentRequiredError,
     PermissionDeniedError,
     SiliconFlowError,
+    StorageAuthenticationError,
+    StoragePermissionError,
     UnsafeFileNameError,
+    WaitTimeoutError,
 )
 from .._journal import JobRecord, JobState, Journal, open_journal
 from .._models import EventKind, ProgressEvent, Status
@@ -87,6 +92,13 @@ _ACCOUNT_ERRORS = (
     PermissionDeniedError,
     NotFoundError,
     NotSiliconFlowError,
+    # The API out of reach: every id would meet it (one poll's wait is bounded by
+    # ``WorkerSettings.poll_timeout``, so it comes here rather than holding a slot).
+    APIConnectionError,
+    # The bucket refuses this worker's credentials, or is not there: a set-up to fix.
+    StorageAuthenticationError,
+    StoragePermissionError,
+    NoSuchBucketError,
 )
 #: Errors no later try can get past: the job failed at SiliconFlow, SiliconFlow refuses
 #: the id, a file name that is not ours, a destination or option that cannot work. Any
@@ -436,7 +448,9 @@ class Worker:
             if running_now and not running.done():
                 running.set_result(None)
 
-        outcomes = client.download_as_completed([request_id], job.dest, progress=progress)
+        outcomes = client.download_as_completed(
+            [request_id], job.dest, progress=progress, timeout=self.settings.poll_timeout
+        )
         async with contextlib.aclosing(outcomes):
             first = asyncio.ensure_future(anext(outcomes, None))
             try:
@@ -460,7 +474,8 @@ class Worker:
         """An id whose wait or transfer ended with ``error`` (the pipeline journaled it)."""
         assert self._journal is not None
         assert self._client is not None
-        if isinstance(error, _ACCOUNT_ERRORS):
+        unheard = isinstance(error, WaitTimeoutError) and error.last_status is None
+        if isinstance(error, _ACCOUNT_ERRORS) or unheard:
             # The key, the balance or the base URL, not this id: keep it for later.
             after = await self._journal.find(request_id)
             if after is not None and after.state is JobState.FAILED:

@@ -53,6 +53,10 @@ class WorkerSettings:
     #: refuses, or a file name that is not ours fail at once.
     retry_for: float = attrs.field(default=3600.0, validator=_positive)
     retry_every: float = attrs.field(default=30.0, validator=_positive)
+    #: The longest one poll task waits for a status (the API out of reach, its answers
+    #: unusable): then the task ends, the slot is free, and the id is asked about again
+    #: later, as for an account-wide error (nothing is failed for it).
+    poll_timeout: float = attrs.field(default=60.0, validator=_positive)
 
     #: How the fleet keeps under the account's rate limit: ``"shared"``, one rate for every
     #: worker on the account, in PostgreSQL (this worker's own governor while it is out of
