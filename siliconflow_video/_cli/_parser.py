@@ -14,6 +14,7 @@ from .._exceptions import UnsafeFileNameError
 from .._naming import safe_stem, target_path
 from .._version import __version__
 from ._explain import UsageError
+from ._types import positive_int
 from ._worker import add_worker_command
 
 __all__ = [
@@ -33,16 +34,6 @@ DEFAULT_JOURNAL = ".siliconflow-video.journal"
 IMAGE_SIZE = re.compile(r"[1-9][0-9]{1,4}x[1-9][0-9]{1,4}")
 #: The fields a --name template may use.
 NAME_FIELDS = ("request_id", "index", "ext")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
 
 
 def _non_negative_int(text: str) -> int:
@@ -195,7 +186,7 @@ def _add_timeout(parser: argparse.ArgumentParser) -> None:
 def _add_max_requests(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-requests",
-        type=_positive_int,
+        type=positive_int,
         default=16,
         metavar="N",
         help="at most N API requests in flight (default: 16)",
@@ -226,7 +217,7 @@ def _add_journal(parser: argparse.ArgumentParser, *, default_in: str | None) -> 
 def _add_download_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         metavar="N",
         help="at most N videos downloading at once (default: 4)",

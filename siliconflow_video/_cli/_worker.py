@@ -14,6 +14,7 @@ from pathlib import Path
 from .._config import API_KEY_ENV
 from .._exceptions import SiliconFlowError
 from ._explain import UsageError
+from ._types import port, positive_int
 
 __all__ = ["add_worker_command", "defer_for_workers", "run_worker_command"]
 
@@ -21,26 +22,6 @@ log = logging.getLogger("siliconflow_video.cli")
 
 _POSTGRES = ("postgres://", "postgresql://", "postgresql+")
 _EXTRA = "pip install 'siliconflow-video[worker]'"
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {value}")
-    return value
-
-
-def _concurrency(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
 
 
 def add_worker_command(
@@ -76,14 +57,14 @@ def add_worker_command(
     )
     worker.add_argument(
         "--concurrency",
-        type=_concurrency,
+        type=positive_int,
         default=8,
         metavar="N",
         help="tasks (status calls, transfers) at once in this worker (default: 8)",
     )
     worker.add_argument(
         "--metrics-port",
-        type=_port,
+        type=port,
         metavar="PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics",
     )

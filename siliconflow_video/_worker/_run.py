@@ -413,15 +413,20 @@ class Worker:
     # -- the tasks ----------------------------------------------------------------------
 
     async def _poll(self, request_id: str, n: int) -> None:
+        await self._counted("poll", request_id, self._poll_once(request_id, n))
+
+    async def _counted(self, task: str, request_id: str, step: Awaitable[str]) -> None:
+        """Run one task's ``step``; its outcome and the client's calls are counted however
+        it ends."""
         outcome = "error"
         try:
-            outcome = await self._poll_once(request_id, n)
+            outcome = await step
         except Exception as exc:
             # procrastinate marks the task failed; the upkeep gives the id a new poll.
-            logger.warning("worker: poll of %s failed: %s", request_id, exc)
+            logger.warning("worker: %s of %s failed: %s", task, request_id, exc)
             raise
         finally:
-            self._metrics.tasks.labels(task="poll", outcome=outcome).inc()
+            self._metrics.tasks.labels(task=task, outcome=outcome).inc()
             if self._client is not None:
                 self._metrics.count_calls(self._client.rate_stats)
 
@@ -524,16 +529,7 @@ class Worker:
         return age < self.settings.retry_for
 
     async def _transfer(self, request_id: str, n: int) -> None:
-        outcome = "error"
-        try:
-            outcome = await self._transfer_once(request_id, n)
-        except Exception as exc:
-            logger.warning("worker: transfer of %s failed: %s", request_id, exc)
-            raise
-        finally:
-            self._metrics.tasks.labels(task="transfer", outcome=outcome).inc()
-            if self._client is not None:
-                self._metrics.count_calls(self._client.rate_stats)
+        await self._counted("transfer", request_id, self._transfer_once(request_id, n))
 
     async def _transfer_once(self, request_id: str, n: int) -> str:
         journal, client = self._journal, self._client
