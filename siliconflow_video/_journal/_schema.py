@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -221,7 +222,7 @@ def connect(
         raise translate(exc, path) from None
     try:
         conn.row_factory = sqlite3.Row
-        _prepare(conn, path, read_only=read_only, synchronous=synchronous)
+        _prepare_when_free(conn, path, busy_timeout, read_only=read_only, synchronous=synchronous)
     except sqlite3.Error as exc:
         conn.close()
         raise translate(exc, path) from None
@@ -272,6 +273,30 @@ def _recognise(conn: sqlite3.Connection, path: str) -> int:
             supported=SCHEMA_VERSION,
         )
     return version
+
+
+def _prepare_when_free(
+    conn: sqlite3.Connection,
+    path: str,
+    busy_timeout: float,
+    *,
+    read_only: bool,
+    synchronous: Synchronous,
+) -> None:
+    """:func:`_prepare`, tried again while another process holds the file for the same
+    first steps. Two processes opening a new journal at once race through its switch to
+    WAL and its creation, and SQLite answers some of those steps "database is locked" at
+    once, without its busy handler; each step is safe to take again."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            _prepare(conn, path, read_only=read_only, synchronous=synchronous)
+            return
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.02)
 
 
 def _prepare(
