@@ -206,3 +206,25 @@ async def test_a_burst_worker_ends_during_an_outage_the_journal_vouches_for(
     (job,) = read_jobs(pg_url)
     assert job.state is JobState.WAITING
     assert worker.failed == set()
+
+
+async def test_an_id_another_process_holds_is_waited_for_not_a_reason_to_stop(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Another process holds an id's journal lease for longer than one poll waits: that is
+    this id's wait, not an outage, so a burst worker keeps it and carries on once the
+    lease is given back (it neither stops nor fails the id)."""
+    quick = attrs.evolve(FAST, poll_timeout=0.5, retry_every=0.3)
+    async with FakeSiliconFlow() as fake:
+        rid = fake.add_job(run_seconds=0.1, videos=[20_000])
+        await accept(pg_url, [rid], tmp_path)
+        async with open_journal(pg_url) as other:
+            lease = await other.claim(rid)
+            worker = Worker(pg_url, burst=True, settings=quick, client_options=options(fake))
+            running = asyncio.create_task(worker.run())
+            await asyncio.sleep(2.0)  # several polls, each giving up on the lease
+            assert not running.done(), running
+            await other.release(lease)
+            code = await asyncio.wait_for(running, 60)
+        assert (tmp_path / f"{rid}_0.mp4").read_bytes() == fake.video_bytes(rid)
+    assert code == 0

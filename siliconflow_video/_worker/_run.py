@@ -47,6 +47,7 @@ from .._exceptions import (
     JobFailedError,
     JournalConnectionError,
     JournalError,
+    LeaseHeldError,
     NoSuchBucketError,
     NotFoundError,
     NotSiliconFlowError,
@@ -479,7 +480,15 @@ class Worker:
         """An id whose wait or transfer ended with ``error`` (the pipeline journaled it)."""
         assert self._journal is not None
         assert self._client is not None
-        unheard = isinstance(error, WaitTimeoutError) and error.last_status is None
+        # No status in a whole poll_timeout: the API, not this id. A wait for another
+        # process's lease on the id (which may leave the status wait less than that) is
+        # this id's, and is tried again below.
+        unheard = (
+            isinstance(error, WaitTimeoutError)
+            and error.last_status is None
+            and error.timeout >= self.settings.poll_timeout
+            and not isinstance(error.__cause__, LeaseHeldError)
+        )
         if isinstance(error, _ACCOUNT_ERRORS) or unheard:
             # The key, the balance or the base URL, not this id: keep it for later.
             after = await self._journal.find(request_id)
