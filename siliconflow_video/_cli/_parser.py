@@ -14,7 +14,7 @@ from .._exceptions import UnsafeFileNameError
 from .._naming import safe_stem, target_path
 from .._version import __version__
 from ._explain import UsageError
-from ._types import positive_int
+from ._types import non_negative_int, positive_int
 from ._worker import add_worker_command
 
 __all__ = [
@@ -34,16 +34,6 @@ DEFAULT_JOURNAL = ".siliconflow-video.journal"
 IMAGE_SIZE = re.compile(r"[1-9][0-9]{1,4}x[1-9][0-9]{1,4}")
 #: The fields a --name template may use.
 NAME_FIELDS = ("request_id", "index", "ext")
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -237,7 +227,7 @@ def _add_download_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--retries",
-        type=_non_negative_int,
+        type=non_negative_int,
         metavar="N",
         help="retry a failing API request or video transfer up to N times "
         "(default: 3 per API request, 7 per video)",

@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["port", "positive_int"]
+__all__ = ["non_negative_int", "port", "positive_int"]
 
 
 def positive_int(text: str) -> int:
+    return _whole(text, least=1)
+
+
+def non_negative_int(text: str) -> int:
+    return _whole(text, least=0)
+
+
+def _whole(text: str, *, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be {least} or more, got {value}")
     return value
 
 
