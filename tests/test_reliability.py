@@ -467,10 +467,13 @@ async def test_cancel_mid_transfer_is_prompt_clean_and_resumable(
             quick_done = asyncio.Event()
 
             def progress(event: ProgressEvent) -> None:
+                # Bytes that arrived, not the 0 announced when the response starts: a
+                # video cancelled before its first byte keeps no .part (nothing to resume).
                 if (
                     event.kind is EventKind.BYTES
                     and event.request_id in slow
                     and event.index is not None
+                    and event.bytes_done > 0
                 ):
                     moving.add((event.request_id, event.index))
                     if len(moving) == 3:
