@@ -256,7 +256,7 @@ class APITransport:
         """One POST; the body of a 2xx answer, or a typed error. No retry here."""
         url = self._base_url + path
         data = json.dumps(payload, separators=(",", ":")).encode()
-        await self.governor.acquire()
+        turn = await self.governor.acquire()
         async with self._slots:
             started = time.monotonic()
             try:
@@ -303,7 +303,7 @@ class APITransport:
             # A Retry-After pauses every request of the client: never for longer than the
             # policy allows, or one "Retry-After: 3600" would silence it for an hour.
             self.governor.on_rate_limited(
-                None if pause is None else min(pause, self._max_retry_after)
+                None if pause is None else min(pause, self._max_retry_after), turn=turn
             )
             raise error
         self.governor.on_accepted()

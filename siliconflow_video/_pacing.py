@@ -42,13 +42,18 @@ class GovernorStats:
 class Pacing(Protocol):
     """What spaces a client's API requests: a :class:`RateGovernor` of its own by default,
     or one shared with other processes (a worker fleet's budget in PostgreSQL). ``acquire``
-    before each request; then ``on_accepted`` or ``on_rate_limited`` with its answer."""
+    before each request; then ``on_accepted`` or ``on_rate_limited`` with its answer, the
+    latter given what that request's ``acquire`` returned (its turn, or None): a 429 of a
+    request whose turn came before the last cut of the rate was sent at the old rate, and
+    says nothing of the new one."""
 
-    async def acquire(self) -> None: ...
+    async def acquire(self) -> float | None: ...
 
     def on_accepted(self) -> None: ...
 
-    def on_rate_limited(self, retry_after: float | None = None) -> None: ...
+    def on_rate_limited(
+        self, retry_after: float | None = None, *, turn: float | None = None
+    ) -> None: ...
 
     def stats(self) -> GovernorStats: ...
 
@@ -108,6 +113,7 @@ class RateGovernor:
         wait = self.delay()
         if wait > 0:
             await asyncio.sleep(wait)
+        # No turn to tell: 429s of requests in flight count once per window here.
 
     @staticmethod
     def _recent(times: deque[float], horizon: float) -> int:
@@ -132,8 +138,10 @@ class RateGovernor:
         if quiet >= self._recovery and self._rate > 2 * accepted + 1:
             self._rate = None  # far above what we use: the limit no longer binds
 
-    def on_rate_limited(self, retry_after: float | None = None) -> None:
-        """A request got a 429."""
+    def on_rate_limited(
+        self, retry_after: float | None = None, *, turn: float | None = None
+    ) -> None:
+        """A request got a 429 (``turn``: unused, see :class:`Pacing`)."""
         now = self._clock()
         self._rate_limited += 1
         self._last_limited = now

@@ -286,7 +286,9 @@ async def test_without_the_governor_the_same_load_storms(fake: FakeSiliconFlow) 
     ids = [fake.add_job(run_seconds=1.0) for _ in range(200)]
     fake.set_rate_limit(40)
     async with make_client(fake, max_poll_interval=2.0) as client:
-        client._governor.on_rate_limited = lambda retry_after=None: None  # type: ignore[method-assign]
+        client._governor.on_rate_limited = (  # type: ignore[method-assign]
+            lambda retry_after=None, turn=None: None
+        )
         results = [r async for r in client.as_completed(ids, timeout=60)]
     assert all(r.ok for r in results)
     calls = fake.requests_for("status")
