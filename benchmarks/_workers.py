@@ -15,6 +15,14 @@ rate in PostgreSQL (``--rate-budget shared``, the default). Polls follow the bli
 schedule (a fleet has no one process following a job from its first answer, which learned
 polling needs), so a job costs one call per poll until it finishes, and the one that sees
 ``Succeed`` goes on into the transfer with no further call.
+
+The ideal knows when each job finishes; no poller does. So each run is also set against an
+informed reference, simulated on the same finish times: a poller that knows their
+distribution (uniform over the spread from each job's creation) but not each job's, making
+one call every ``1 / limit`` seconds from the workers' start (no start-up, no 429s, no
+token-bucket burst), each to the open job most likely done by then given its last "not
+done" (``informed_drain``). A fleet is judged on its coordination against this; the gap
+between the reference and the ideal is what not knowing the finishes costs.
 """
 
 from __future__ import annotations
@@ -140,10 +148,18 @@ def _one_run(
         last_done = max(r.finished_at.timestamp() for r in records if r.finished_at)
         drained = last_done - started
         ideal = max(max(jobs["finish"]) - started, fleet.jobs / fleet.rate)
+        informed = informed_drain(
+            [f - started for f in jobs["finish"]],
+            jobs["created"] - started,
+            fleet.spread,
+            fleet.rate,
+        )
         return {
             "drain": drained,
             "ideal": ideal,
             "vs_ideal": drained / ideal,
+            "informed": informed,
+            "vs_informed": drained / informed,
             "status_calls": stats["status_calls"],
             "rate_limited": stats["rate_limited"],
             "share_429": stats["rate_limited"] / max(stats["status_calls"], 1),
@@ -151,6 +167,29 @@ def _one_run(
         }
 
     return one_run
+
+
+def informed_drain(finish: Sequence[float], created: float, spread: float, rate: float) -> float:
+    """When the informed reference (module docstring) has seen every job done: one call every
+    ``1 / rate`` s from 0, each to the open job with the highest chance of being done by
+    then, given that it finishes uniformly in ``[created, created + spread]`` and was last
+    seen running at ``s`` (0 if never polled): ``(t - s) / (created + spread - s)``."""
+    end = created + spread
+    last = [created] * len(finish)
+    open_ = set(range(len(finish)))
+    t = 0.0
+    while open_:
+        if t >= end:  # every job is done: one call each for the rest
+            return t + (len(open_) - 1) / rate
+        job = max(open_, key=lambda i: ((t - last[i]) / (end - last[i]), -i))
+        if finish[job] <= t:
+            open_.discard(job)
+            if not open_:
+                return t
+        else:
+            last[job] = t
+        t += 1.0 / rate
+    return t
 
 
 async def _accept(url: str, ids: list[str]) -> None:
@@ -176,6 +215,13 @@ def _rows(fleet: Fleet, runs: dict[str, list[Metrics]]) -> list[Row]:
                 fmt_ratio(ratio),
                 "≤ 1.2x" if target else "",
                 ratio <= 1.2 if target else None,
+            ),
+            Row(
+                name,
+                f"{label}: time to drain, s (vs the informed reference, simulated)",
+                f"{median(values(lib, 'drain')):.1f}",
+                f"{median(values(lib, 'informed')):.1f}",
+                fmt_ratio(median(values(lib, "vs_informed"))),
             ),
             Row(
                 name,
