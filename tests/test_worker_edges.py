@@ -142,6 +142,29 @@ async def test_a_stalled_task_retried_twice_is_queued_once(pg_url: str) -> None:
     assert (status, lock) == ("todo", "poll:rid-1")
 
 
+async def test_a_stalled_task_running_again_elsewhere_is_not_retried_again(
+    pg_url: str,
+) -> None:
+    """Two workers read the same stalled list; the first puts the task back and a live
+    worker takes it up. The second's retry leaves it running there (procrastinate's own
+    retry would send it back to the queue, to run twice)."""
+    target = queue_target(pg_url)
+    await ensure_schema(target)
+    app = make_app(target, poll=_noop, transfer=_noop)
+    async with app.open_async():
+        await defer_poll(app, "rid-1")
+        stale = await _stale(app, pg_url)
+        assert await retry_stalled(app, stale) == 1
+        with psycopg.connect(pg_url) as conn:
+            row = conn.execute("INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id")
+            (live,) = row.fetchone() or (None,)
+            conn.execute("UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s", (live,))
+        assert await retry_stalled(app, stale) == 0
+        with psycopg.connect(pg_url) as conn:
+            after = conn.execute("SELECT status::text, worker_id FROM procrastinate_jobs")
+            assert after.fetchall() == [("doing", live)]
+
+
 async def test_a_stalled_task_with_a_successor_is_dropped_only_while_stalled(
     pg_url: str,
 ) -> None:

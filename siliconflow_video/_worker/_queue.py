@@ -158,32 +158,49 @@ async def defer_polls(app: Any, request_ids: Iterable[str]) -> int:
     return count
 
 
+#: procrastinate's own retry (``procrastinate_retry_job_v2``, what ``JobManager.retry_job``
+#: runs), applied only while the job is still the stalled row: still running, on the worker
+#: that was found stalled. Its own check is the status alone, so a list read before another
+#: worker retried the job, and a live worker took it, would send it back to the queue while
+#: it runs. The row is locked first; a worker that took it meanwhile leaves nothing to retry.
+_RETRY_IF_STALLED = """
+WITH stalled AS MATERIALIZED (
+    SELECT id FROM procrastinate_jobs
+    WHERE id = %(id)s AND status = 'doing' AND worker_id IS NOT DISTINCT FROM %(worker)s
+    FOR UPDATE
+)
+SELECT procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL) FROM stalled
+"""
+
+
 async def retry_stalled(app: Any, stalled: Iterable[Any]) -> int:
     """Put the ``stalled`` jobs (procrastinate's, from ``get_stalled_jobs``) back in the
     queue; how many went back.
 
     Two workers may retry the same list (each read it before the other acted), so nothing
-    here may touch a job another worker has moved on since: a job already retried is left
-    alone (procrastinate refuses it, and it may be running elsewhere by now). A job whose
-    successor waits already (a poll that deferred the next one, then died: the queueing
-    lock refuses the retry) is deleted, but only while it is still the stalled row.
+    here may touch a job another worker has moved on since: a job already retried, or
+    retried and running elsewhere by now, is left alone. A job whose successor waits
+    already (a poll that deferred the next one, then died: the queueing lock refuses the
+    retry) is deleted, but only while it is still the stalled row.
     """
     from procrastinate.exceptions import ConnectorException, UniqueViolation
 
-    manager = app.job_manager
+    connector = app.connector
     count = 0
     for job in stalled:
         try:
-            await manager.retry_job(job)
+            retried = await connector.execute_query_all_async(
+                _RETRY_IF_STALLED, id=job.id, worker=job.worker_id
+            )
         except UniqueViolation:
-            await app.connector.execute_query_async(
+            await connector.execute_query_async(
                 "DELETE FROM procrastinate_jobs WHERE id = %(id)s AND status = 'doing' "
                 "AND worker_id IS NOT DISTINCT FROM %(worker)s",
                 id=job.id,
                 worker=job.worker_id,
             )
         except ConnectorException:
-            continue  # retried by another worker meanwhile: not ours any more
+            continue  # the database went away: the next upkeep round tries again
         else:
-            count += 1
+            count += len(retried)
     return count
