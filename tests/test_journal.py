@@ -8,6 +8,7 @@ restart, concurrent migrations, foreign tables) are in tests/test_journal_pg.py.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import pickle
@@ -324,6 +325,28 @@ async def test_a_dead_writers_submit_becomes_unknown(make: Make, where: str) -> 
         assert job.error.type == "SubmitInterrupted"
         again = await second.begin_submit({"model": "m", "prompt": "p"}, dest="/v", submit_key="k")
         assert not again.proceed
+
+
+async def test_count_jobs_counts_what_jobs_lists(make: Make, where: str) -> None:
+    """count_jobs() has every state, counted as jobs() lists them: a dead writer's submit
+    as submit_unknown, a live one's as submitting (what the worker's job gauge shows)."""
+    first = make(lease_seconds=30)
+    await first.open()
+    await first.begin_submit({"model": "m", "prompt": "p"}, dest="/v", submit_key="k")
+    first._abandon()  # as if killed: nothing released
+    async with make(clock=later(60)) as journal:
+        assert set(await journal.count_jobs()) == set(JobState)
+        await journal.accept(["a", "b", "c", "d"], dest="/v")
+        await journal.failed("a", RuntimeError("x"), remote_status="Failed")
+        await journal.succeeded("b", [SIGNED])
+        await journal.begin_submit({"model": "m", "prompt": "q"}, dest="/v", submit_key="k2")
+        counts = await journal.count_jobs()
+        listed = collections.Counter(job.state for job in await journal.jobs())
+        assert counts == {state: listed[state] for state in JobState}
+        assert counts[JobState.SUBMIT_UNKNOWN] == 1
+        assert counts[JobState.SUBMITTING] == 1
+        assert counts[JobState.FAILED] == 1
+        assert sum(counts.values()) == 6
 
 
 async def test_a_live_writers_submit_is_left_alone(make: Make, where: str) -> None:

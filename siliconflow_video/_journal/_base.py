@@ -466,6 +466,14 @@ class Journal(abc.ABC):
     ) -> list[JobRecord]:
         """Every job (or the unfinished ones, or those in ``states``), oldest first."""
 
+    async def count_jobs(self) -> dict[JobState, int]:
+        """How many jobs are in each state (every state listed, 0 for none): what
+        ``jobs()`` would list, counted. SQL journals count in the database."""
+        counts = dict.fromkeys(JobState, 0)
+        for job in await self.jobs():
+            counts[job.state] += 1
+        return counts
+
     @abc.abstractmethod
     async def job(self, job_key: str) -> JobRecord:
         """One job by its key; raise ``UnknownJobError`` if there is none."""

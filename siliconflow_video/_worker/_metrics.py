@@ -7,11 +7,11 @@ and outcomes only: never an id, a URL or a credential.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any
 
 from .._exceptions import ConfigurationError
-from .._journal import JobRecord, JobState
+from .._journal import JobState
 from .._models import EventKind, ProgressEvent
 from .._pacing import GovernorStats
 
@@ -93,12 +93,10 @@ class Metrics:
         self.status_429.inc(max(stats.rate_limited - self._seen.rate_limited, 0))
         self._seen = stats
 
-    def count_jobs(self, jobs: Iterable[JobRecord]) -> None:
-        counts = dict.fromkeys(JobState, 0)
-        for job in jobs:
-            counts[job.state] += 1
-        for state, count in counts.items():
-            self.jobs.labels(state=state.value).set(count)
+    def count_jobs(self, counts: Mapping[JobState, int]) -> None:
+        """Set the job gauge from the journal's counts (``Journal.count_jobs``)."""
+        for state in JobState:
+            self.jobs.labels(state=state.value).set(counts.get(state, 0))
 
     def progress(self, event: ProgressEvent) -> None:
         """The progress callback of the transfers: BYTES events add their new bytes.

@@ -112,7 +112,7 @@ _FINAL_ERRORS = (
     UnsafeFileNameError,
     ConfigurationError,
 )
-#: Job counts for the metrics are read this often at most (they read every row).
+#: Job counts for the metrics are read this often at most (a GROUP BY over the jobs).
 _COUNT_EVERY = 10.0
 #: While tasks are under way, the journal is searched for ids without one this often.
 _SCAN_EVERY = 10.0
@@ -358,7 +358,7 @@ class Worker:
                 left = await self._feed()
                 if loop.time() - counted >= _COUNT_EVERY:
                     assert self._journal is not None
-                    self._metrics.count_jobs(await self._journal.jobs())
+                    self._metrics.count_jobs(await self._journal.count_jobs())
                     counted = loop.time()
                 if self.burst and not left:
                     logger.info("worker: no work left; stopping (burst)")
