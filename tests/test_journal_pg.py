@@ -339,3 +339,21 @@ async def test_the_password_is_never_shown(
     async with PostgresJournal(bare) as journal:
         assert [j.job_key for j in await journal.jobs()] == ["r1"]
     assert os.environ.get("PGPASSWORD") is None
+
+
+async def test_connections_are_kept_alive_unless_the_url_says_otherwise(pg_url: str) -> None:
+    """Every connection made from a journal URL (the journal's, the workers' queue and rate
+    budget) asks the kernel to probe an idle link and to give up on unacknowledged writes,
+    so a server gone silent is found within about a minute; the URL's own values win."""
+    from siliconflow_video._journal._pgschema import parse_url
+
+    async with await psycopg.AsyncConnection.connect(parse_url(pg_url).conninfo) as conn:
+        used = conn.info.get_parameters()
+    assert used["keepalives_idle"] == "30"
+    assert used["keepalives_count"] == "3"
+    assert used["tcp_user_timeout"] == "60000"
+    own = f"{pg_url}{'&' if '?' in pg_url else '?'}keepalives_idle=7"
+    async with await psycopg.AsyncConnection.connect(parse_url(own).conninfo) as conn:
+        assert conn.info.get_parameters()["keepalives_idle"] == "7"
+    async with PostgresJournal(pg_url) as journal:  # libpq takes them: the journal opens
+        await journal.accept(["r1"], dest="/v")

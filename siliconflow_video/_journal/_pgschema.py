@@ -171,6 +171,18 @@ class Target:
 
 
 _SCHEMES = ("postgresql://", "postgres://")
+#: libpq settings given unless the URL sets them: a connection whose server or path is gone
+#: without a word (a failover, a NAT that forgot an idle connection, a cable) is found dead
+#: within about a minute, idle or mid-write, instead of after the system's defaults (two
+#: hours idle; some fifteen minutes of retransmissions), so that the reconnect and
+#: ``reconnect_timeout`` apply to it as to a refused one.
+_KEEPALIVE = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "60000",  # ms: sent data unacknowledged this long ends the link
+}
 #: A URL's password as an error text might hold one: up to the last '@' of a word.
 _URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]*:)\S*@")
 _KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\S+)")
@@ -287,6 +299,7 @@ def parse_url(url: str) -> Target:
     secrets += [
         s for s in (params.get("password"), os.environ.get("PGPASSWORD")) if isinstance(s, str)
     ]
+    params = {**_KEEPALIVE, **params}  # libpq ignores them on a Unix socket
     return Target(make_conninfo("", **params), _name(params), tuple(s for s in set(secrets) if s))
 
 
