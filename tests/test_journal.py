@@ -334,8 +334,14 @@ async def test_count_jobs_counts_what_jobs_lists(make: Make, where: str) -> None
     await first.open()
     await first.begin_submit({"model": "m", "prompt": "p"}, dest="/v", submit_key="k")
     first._abandon()  # as if killed: nothing released
+    # Read-only, so nothing sweeps the dead writer's row: it is still stored `submitting`,
+    # and only its lease says it is unknown.
+    async with make(clock=later(60), read_only=True) as reader:
+        counts = await reader.count_jobs()
+        assert set(counts) == set(JobState)
+        assert counts[JobState.SUBMIT_UNKNOWN] == 1
+        assert counts[JobState.SUBMITTING] == 0
     async with make(clock=later(60)) as journal:
-        assert set(await journal.count_jobs()) == set(JobState)
         await journal.accept(["a", "b", "c", "d"], dest="/v")
         await journal.failed("a", RuntimeError("x"), remote_status="Failed")
         await journal.succeeded("b", [SIGNED])

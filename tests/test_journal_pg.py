@@ -357,3 +357,12 @@ async def test_connections_are_kept_alive_unless_the_url_says_otherwise(pg_url: 
         assert conn.info.get_parameters()["keepalives_idle"] == "7"
     async with PostgresJournal(pg_url) as journal:  # libpq takes them: the journal opens
         await journal.accept(["r1"], dest="/v")
+
+
+def test_a_service_name_keeps_its_own_settings() -> None:
+    """A URL naming a pg_service.conf entry gets no keepalive defaults: the file's own
+    settings would otherwise be overridden."""
+    from siliconflow_video._journal._pgschema import parse_url
+
+    assert "keepalives_idle" not in parse_url("postgresql:///?service=sfv").conninfo
+    assert "keepalives_idle" in parse_url("postgresql://u@127.0.0.1:5432/db").conninfo

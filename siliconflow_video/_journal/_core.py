@@ -673,7 +673,8 @@ class SQLJournal(Journal):
             for row in rows:
                 counts[JobState(row["state"])] += int(row["n"])
             # A submitting job whose writer is gone reads as submit_unknown: those few rows
-            # are read whole, as jobs() reads them.
+            # are read whole, as jobs() reads them. (Two statements: a job that leaves or
+            # enters `submitting` between them is miscounted once, in a gauge.)
             submitting = yield from select_jobs(tx, where="j.state = 'submitting'")
             for job in submitting:
                 counts[job.state] += 1

@@ -299,8 +299,13 @@ def parse_url(url: str) -> Target:
     secrets += [
         s for s in (params.get("password"), os.environ.get("PGPASSWORD")) if isinstance(s, str)
     ]
-    params = {**_KEEPALIVE, **params}  # libpq ignores them on a Unix socket
-    return Target(make_conninfo("", **params), _name(params), tuple(s for s in set(secrets) if s))
+    shown, kept = _name(params), tuple(s for s in set(secrets) if s)
+    if "service" not in params:  # a service file's own settings are left to it
+        try:  # libpq ignores them on a Unix socket; one older than 12 refuses the last
+            return Target(make_conninfo("", **{**_KEEPALIVE, **params}), shown, kept)
+        except psycopg.Error:
+            pass
+    return Target(make_conninfo("", **params), shown, kept)
 
 
 # -- errors ------------------------------------------------------------------------------------
