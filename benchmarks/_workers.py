@@ -173,7 +173,7 @@ def informed_drain(finish: Sequence[float], created: float, spread: float, rate:
     """When the informed reference (module docstring) has seen every job done: one call every
     ``1 / rate`` s from 0, each to the open job with the highest chance of being done by
     then, given that it finishes uniformly in ``[created, created + spread]`` and was last
-    seen running at ``s`` (0 if never polled): ``(t - s) / (created + spread - s)``."""
+    seen running at ``s`` (``created`` if never polled): ``(t - s) / (created + spread - s)``."""
     end = created + spread
     last = [created] * len(finish)
     open_ = set(range(len(finish)))

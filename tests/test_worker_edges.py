@@ -127,7 +127,7 @@ async def _noop(request_id: str, n: int) -> None:
 
 async def test_a_stalled_task_retried_twice_is_queued_once(pg_url: str) -> None:
     """Two workers holding the same list of stalled tasks: the first puts the task back
-    in the queue, the second (procrastinate refuses: it is no longer running) leaves it
+    in the queue, the second (it is no longer the stalled row: not running) leaves it
     there, never deletes it."""
     target = queue_target(pg_url)
     await ensure_schema(target)

@@ -141,7 +141,7 @@ def advance(
     the next slot at ``now``; and the seconds that worker waits for its slot.
 
     ``limited_turn`` is the latest turn (the row's clock when it was taken) among the
-    reported 429s' requests. A 429 of a request taken after the last cut says the cut rate
+    reported 429s' requests. A 429 of a request taken at or after the last cut says the cut rate
     is still too high: it is cut again at once, not a window later (as TCP cuts once per
     round trip). One taken before it was sent at the old rate, and counts once per window.
     Without this, a slow start that overshot (a token bucket hides the limit until it is
@@ -182,7 +182,8 @@ def advance(
         if retry_after is not None and retry_after > 0:
             paused_until = max(paused_until, now + retry_after)
         trickle = rate is None and recent + limited < p.min_sample
-        fresh = limited_turn is not None and limited_turn > last_decrease
+        # The cutting call's own turn is the cut's moment, and its slot is at the new rate.
+        fresh = limited_turn is not None and limited_turn >= last_decrease
         if (fresh or now - last_decrease >= p.window) and not trickle:
             # Once a window, or at once for a 429 of a call taken after the last cut: the
             # 429s of calls already in flight count once.
@@ -295,7 +296,8 @@ class SharedBudget:
         if retry_after is not None:
             self._retry_after = max(self._retry_after or 0.0, retry_after)
         if turn is not None:
-            self._limited_turn = max(self._limited_turn or turn, turn)
+            last = self._limited_turn
+            self._limited_turn = turn if last is None else max(last, turn)
 
     async def acquire(self) -> float | None:
         """Wait for this call's slot; its turn on the row's clock (None: paced locally)."""

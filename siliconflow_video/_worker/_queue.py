@@ -181,9 +181,11 @@ async def retry_stalled(app: Any, stalled: Iterable[Any]) -> int:
     here may touch a job another worker has moved on since: a job already retried, or
     retried and running elsewhere by now, is left alone. A job whose successor waits
     already (a poll that deferred the next one, then died: the queueing lock refuses the
-    retry) is deleted, but only while it is still the stalled row.
+    retry) is deleted, but only while it is still the stalled row. Any other error (the
+    database away, a schema without the retry function) is raised: the upkeep logs it
+    and tries again next round.
     """
-    from procrastinate.exceptions import ConnectorException, UniqueViolation
+    from procrastinate.exceptions import UniqueViolation
 
     connector = app.connector
     count = 0
@@ -199,8 +201,6 @@ async def retry_stalled(app: Any, stalled: Iterable[Any]) -> int:
                 id=job.id,
                 worker=job.worker_id,
             )
-        except ConnectorException:
-            continue  # the database went away: the next upkeep round tries again
         else:
             count += len(retried)
     return count

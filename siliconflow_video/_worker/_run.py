@@ -2,8 +2,9 @@
 one AsyncClient and one journal shared by every task, and the upkeep beside it.
 
 The upkeep (every ``check_every`` seconds) retries the jobs of stalled workers (their
-heartbeat stopped: killed, frozen, cut off) through procrastinate's own
-``get_stalled_jobs`` / ``retry_job``; gives every unfinished journaled id without a task a
+heartbeat stopped: killed, frozen, cut off), found by procrastinate's own
+``get_stalled_jobs`` and put back with its retry while still the stalled row
+(``_queue.retry_stalled``); gives every unfinished journaled id without a task a
 poll (what ``enqueue`` wrote, or what a lost task left); refreshes the job counts of the
 metrics; and, in burst mode, ends the worker once no task is waiting or running and no
 journaled id is unfinished.
@@ -212,7 +213,13 @@ class Worker:
         self._journal = journal
         budget: SharedBudget | None = None
         try:
-            options = {"max_concurrent_downloads": settings.concurrency, **self._client_options}
+            options = {
+                "max_concurrent_downloads": settings.concurrency,
+                # A call waits for its rate turn before a request slot: with fewer slots
+                # than tasks, turns taken would queue for slots, each spaced at its old rate.
+                "max_concurrent_requests": max(16, settings.concurrency),
+                **self._client_options,
+            }
             if settings.rate_budget == "shared" and "pacing" not in options:
                 budget = SharedBudget(self._target, self._account(options))
                 await budget.open()
