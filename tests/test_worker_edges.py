@@ -5,10 +5,12 @@ bytes metric of a transfer taken over, enqueue when the task queue refuses."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -125,16 +127,23 @@ async def _noop(request_id: str, n: int) -> None:
     return None
 
 
-async def test_a_stalled_task_retried_twice_is_queued_once(pg_url: str) -> None:
-    """Two workers holding the same list of stalled tasks: the first puts the task back
-    in the queue, the second (it is no longer the stalled row: not running) leaves it
-    there, never deletes it."""
+@contextlib.asynccontextmanager
+async def _one_stalled_poll(pg_url: str) -> AsyncIterator[tuple[Any, list[object]]]:
+    """A worker's app on the queue, holding one poll task left running by a dead worker,
+    and the list get_stalled_jobs gives of it."""
     target = queue_target(pg_url)
     await ensure_schema(target)
     app = make_app(target, poll=_noop, transfer=_noop)
     async with app.open_async():
         await defer_poll(app, "rid-1")
-        stale = await _stale(app, pg_url)
+        yield app, await _stale(app, pg_url)
+
+
+async def test_a_stalled_task_retried_twice_is_queued_once(pg_url: str) -> None:
+    """Two workers holding the same list of stalled tasks: the first puts the task back
+    in the queue, the second (it is no longer the stalled row: not running) leaves it
+    there, never deletes it."""
+    async with _one_stalled_poll(pg_url) as (app, stale):
         assert len(stale) == 1
         assert await retry_stalled(app, stale) == 1
         assert await retry_stalled(app, stale) == 0
@@ -148,12 +157,7 @@ async def test_a_stalled_task_running_again_elsewhere_is_not_retried_again(
     """Two workers read the same stalled list; the first puts the task back and a live
     worker takes it up. The second's retry leaves it running there (procrastinate's own
     retry would send it back to the queue, to run twice)."""
-    target = queue_target(pg_url)
-    await ensure_schema(target)
-    app = make_app(target, poll=_noop, transfer=_noop)
-    async with app.open_async():
-        await defer_poll(app, "rid-1")
-        stale = await _stale(app, pg_url)
+    async with _one_stalled_poll(pg_url) as (app, stale):
         assert await retry_stalled(app, stale) == 1
         with psycopg.connect(pg_url) as conn:
             row = conn.execute("INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id")
@@ -171,12 +175,7 @@ async def test_a_stalled_task_with_a_successor_is_dropped_only_while_stalled(
     """A stalled poll whose successor already waits (it deferred the next poll, then its
     worker died) cannot go back: it is deleted while still the stalled row, and kept once
     a live worker runs it."""
-    target = queue_target(pg_url)
-    await ensure_schema(target)
-    app = make_app(target, poll=_noop, transfer=_noop)
-    async with app.open_async():
-        await defer_poll(app, "rid-1")
-        stale = await _stale(app, pg_url)
+    async with _one_stalled_poll(pg_url) as (app, stale):
         await defer_poll(app, "rid-1", 1)  # the successor, queued before the death
         [(stalled_id, _, _), (successor_id, _, _)] = _rows(pg_url)
         # Meanwhile a live worker took the stalled row over: it is not ours to delete.
