@@ -499,10 +499,7 @@ class Worker:
         if isinstance(error, _ACCOUNT_ERRORS) or unheard:
             # The key, the balance or the base URL, not this id: keep it for later.
             after = await self._journal.find(request_id)
-            if after is not None and after.state is JobState.FAILED:
-                await self._journal.accept([request_id], dest=after.dest)
-            policy = self._client.poll_policy
-            await defer_poll(self._app, request_id, n + 1, delay=policy.blind_cap)
+            await self._keep_waiting(after, request_id, n, self._client.poll_policy.blind_cap)
             if self.burst:
                 # Every id would meet it: a burst worker (a CI step, a Job) that waited it
                 # out would never end. Stop; the ids stay waiting, nothing is lost.
@@ -519,10 +516,8 @@ class Worker:
             if after is not None and self._young(after):
                 # A passing trouble (an outage, the video host or the bucket failing): the
                 # id stays waiting and is asked about again, with fresh URLs.
-                if after.state is JobState.FAILED:
-                    await self._journal.accept([request_id], dest=after.dest)
                 delay = max(self.settings.retry_every, poll_delay(self._client.poll_policy, n))
-                await defer_poll(self._app, request_id, n + 1, delay=delay)
+                await self._keep_waiting(after, request_id, n, delay)
                 logger.warning("worker: %s: %s; trying again in %.0f s", request_id, error, delay)
                 return "error"
         try:
@@ -535,6 +530,16 @@ class Worker:
         self.failed.add(request_id)
         logger.warning("worker: %s failed: %s", request_id, error)
         return "failed"
+
+    async def _keep_waiting(
+        self, job: JobRecord | None, request_id: str, n: int, delay: float
+    ) -> None:
+        """Keep the id waiting (reopened if the pipeline recorded it failed) and poll it
+        again in ``delay`` seconds."""
+        assert self._journal is not None
+        if job is not None and job.state is JobState.FAILED:
+            await self._journal.accept([request_id], dest=job.dest)
+        await defer_poll(self._app, request_id, n + 1, delay=delay)
 
     def _young(self, job: JobRecord) -> bool:
         """Whether ``job`` was journaled less than ``retry_for`` seconds ago."""
